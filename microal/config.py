@@ -1,0 +1,238 @@
+"""Typed, validated project configuration loaded from YAML.
+
+One YAML file describes a project: its class table and one section per step
+(ingest, tiling, split, model, training). Every section has defaults, so a
+minimal config is just the class table. Unknown keys and bad values are
+rejected with the key's dotted name, e.g. ``training.lr: must be > 0``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from microal.errors import ConfigError
+
+# smp encoders halve the resolution five times: inputs must be multiples of this.
+ENCODER_STRIDE = 32
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassSpec(_Strict):
+    name: str = Field(min_length=1)
+    # Display colour for overlays and Label Studio; also the key of colour-coded masks
+    # unless ingest.mask_colors says otherwise.
+    color: tuple[int, int, int] | None = None
+
+    @field_validator("color")
+    @classmethod
+    def _rgb_range(cls, value):
+        if value is not None and not all(0 <= c <= 255 for c in value):
+            raise ValueError("colour components must be within 0..255")
+        return value
+
+
+class MaskColor(_Strict):
+    color: tuple[int, int, int]
+    label: str  # a class name from the class table
+
+
+class Crop(_Strict):
+    """Pixels to cut off each edge when reading, e.g. an instrument info bar at the bottom."""
+
+    top: int = Field(0, ge=0)
+    bottom: int = Field(0, ge=0)
+    left: int = Field(0, ge=0)
+    right: int = Field(0, ge=0)
+
+
+class IngestConfig(_Strict):
+    # Manifest column -> microal field. Fields: image, mask, um_per_px, magnification,
+    # detector, etching, sample, domain. Other manifest columns are kept as free metadata.
+    columns: dict[str, str] = Field(default_factory=dict)
+    # Folder ingest: masks live in mask_dir (relative to the folder) named <stem><mask_suffix>.<ext>.
+    mask_dir: str | None = None
+    mask_suffix: str = ""
+    recursive: bool = False
+    mask_encoding: Literal["index", "color"] = "index"
+    # Colour-coded masks: colour -> class; pixels of any other colour go to unmatched_color_class
+    # (e.g. NASA masks paint phases over a grey copy of the image), or are an error when it is None.
+    mask_colors: list[MaskColor] = Field(default_factory=list)
+    unmatched_color_class: str | None = None
+    crop: Crop = Field(default_factory=Crop)
+    # Pixel size: from a manifest column, from magnification x calibration, or one value for all.
+    um_per_px: float | None = Field(None, gt=0)
+    calibration_um_per_px_at_1x: float | None = Field(None, gt=0)
+    color_images: Literal["error", "luminance"] = "error"
+    # Defaults for fields a manifest or folder does not give.
+    detector: str | None = None
+    etching: str | None = None
+    domain: str = "default"
+
+    @field_validator("columns")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]):
+        known = {"image", "mask", "um_per_px", "magnification", "detector", "etching", "sample", "domain"}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; valid: {sorted(known)}")
+        return value
+
+
+class TilingConfig(_Strict):
+    # Either a physical target scale (needs every image's pixel size) or a plain factor.
+    target_um_per_px: float | None = Field(None, gt=0)
+    scale: float = Field(1.0, gt=0, le=4)
+    # tile_size is the centre on which the loss is taken; margin is context on each side.
+    tile_size: int = Field(448, ge=16)
+    margin: int = Field(32, ge=0)
+    image_interpolation: Literal["area", "bilinear"] = "area"
+
+    @property
+    def window(self) -> int:
+        return self.tile_size + 2 * self.margin
+
+    @model_validator(mode="after")
+    def _window_divisible(self):
+        if self.window % ENCODER_STRIDE:
+            raise ValueError(
+                f"tile_size + 2*margin = {self.window} must be a multiple of {ENCODER_STRIDE} "
+                "(the encoders downsample five times)"
+            )
+        return self
+
+
+class HoldoutConfig(_Strict):
+    """Images kept out of training and validation; their samples are excluded from training too."""
+
+    column: str = "image_name"
+    values: list[str] = Field(default_factory=list)
+
+
+class SplitConfig(_Strict):
+    method: Literal["group_kfold", "column"] = "group_kfold"
+    n_folds: int = Field(5, ge=2)
+    fold: int = Field(0, ge=0)
+    group_by: str = "sample"
+    seed: int = 0
+    # method=column: which catalog column and which of its values go where.
+    column: str = "split"
+    train_values: list[str] = Field(default_factory=lambda: ["train"])
+    val_values: list[str] = Field(default_factory=lambda: ["val"])
+    test: HoldoutConfig | None = None
+
+    @model_validator(mode="after")
+    def _fold_in_range(self):
+        if self.fold >= self.n_folds:
+            raise ValueError(f"fold {self.fold} is out of range for n_folds={self.n_folds}")
+        return self
+
+
+class ModelConfig(_Strict):
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    # "none", "imagenet" (smp's loader, needs the network) or a path to a local encoder checkpoint.
+    encoder_weights: str = "none"
+    options: dict[str, Any] = Field(default_factory=dict)  # passed to smp.create_model
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)  # decoder and head
+    encoder_lr_factor: float = Field(0.1, gt=0, le=10)  # encoder lr = lr x factor (seed: 0.1)
+    weight_decay: float = Field(1e-4, ge=0)
+    dice_weight: float = Field(1.0, ge=0)  # loss = cross-entropy + dice_weight x Dice
+    augmentation: str = "basic"  # basic, extended, none, or a path to an albumentations YAML
+    # grid: every tile once per epoch; random: samples_per_epoch windows at random positions.
+    sampling: Literal["grid", "random"] = "grid"
+    samples_per_epoch: int = Field(256, ge=1)
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: int | None = Field(None, ge=1)  # default: share the machine's CPUs
+    seed: int = 0
+    max_failures: int = Field(0, ge=0)
+
+
+class ProjectConfig(_Strict):
+    classes: list[ClassSpec] = Field(min_length=2)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _names_to_specs(cls, value):
+        # Allow the short form `classes: [ferrite, cementite]`.
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _class_references(self):
+        names = self.class_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"classes: duplicate class names in {names}")
+        for ref in [c.label for c in self.ingest.mask_colors] + [self.ingest.unmatched_color_class]:
+            if ref is not None and ref not in names:
+                raise ValueError(f"ingest: class {ref!r} is not in the class table {names}")
+        return self
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> ProjectConfig:
+    """Validate a config dictionary; errors name the source and the dotted key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return ProjectConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(source, error)) from None
+
+
+def load_config(path: str | Path) -> ProjectConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    return parse_config(data or {}, source=str(path))
+
+
+def config_to_dict(config: BaseModel) -> dict[str, Any]:
+    """A plain dict (JSON/YAML-safe) that parse_config accepts back unchanged."""
+    return config.model_dump(mode="json")
+
+
+def save_config(config: ProjectConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -1,0 +1,87 @@
+"""Torch datasets over a tile set: windows cut from the padded arrays, augmented, standardised."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from microal.tileset import TileSet
+
+
+def standardise(window: np.ndarray, mean: float, std: float) -> np.ndarray:
+    return ((window - mean) / std).astype(np.float32)
+
+
+class WindowSource:
+    """Loads each image's padded arrays once and cuts windows from them."""
+
+    def __init__(self, tileset: TileSet, image_ids: list[str]):
+        self.tileset = tileset
+        self.window = tileset.tiling.window
+        self._images = {i: tileset.image_array(i, mmap=False) for i in image_ids}
+        self._masks = {i: tileset.mask_array(i, mmap=False) for i in image_ids}
+        self._stats = {i: (float(tileset.images.loc[i, "mean"]), float(tileset.images.loc[i, "std"])) for i in image_ids}
+
+    def cut(self, image_id: str, y: int, x: int) -> tuple[np.ndarray, np.ndarray | None]:
+        sl = (slice(y, y + self.window), slice(x, x + self.window))
+        mask = self._masks[image_id]
+        return self._images[image_id][sl], None if mask is None else mask[sl]
+
+    def stats(self, image_id: str) -> tuple[float, float]:
+        return self._stats[image_id]
+
+
+class TileDataset(Dataset):
+    """Labelled windows for training or validation.
+
+    ``sampling="grid"`` yields each tile of the table once; ``"random"`` yields
+    ``samples_per_epoch`` windows at random positions of the listed images (more
+    variety from a handful of micrographs), re-drawn every epoch via ``set_epoch``.
+    """
+
+    def __init__(
+        self,
+        tileset: TileSet,
+        tiles: pd.DataFrame,
+        augment=None,
+        sampling: str = "grid",
+        samples_per_epoch: int | None = None,
+        seed: int = 0,
+    ):
+        self.tiles = tiles.reset_index(drop=True)
+        self.source = WindowSource(tileset, sorted(self.tiles.image_id.unique()))
+        self.augment = augment
+        self.sampling = sampling
+        self.samples_per_epoch = samples_per_epoch or len(self.tiles)
+        self.seed = seed
+        self.epoch = 0
+        # Largest window corner per image: random windows stay inside the padded array.
+        self._extent = self.tiles.groupby("image_id")[["y", "x"]].max()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch if self.sampling == "random" else len(self.tiles)
+
+    def _position(self, index: int) -> tuple[str, int, int]:
+        if self.sampling == "grid":
+            tile = self.tiles.iloc[index]
+            return tile.image_id, int(tile.y), int(tile.x)
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        tile = self.tiles.iloc[int(rng.integers(len(self.tiles)))]
+        # Jitter the window by up to a tile within the padded image, so centres fall anywhere.
+        y_max, x_max = (int(v) for v in self._extent.loc[tile.image_id])
+        return tile.image_id, int(rng.integers(0, y_max + 1)), int(rng.integers(0, x_max + 1))
+
+    def __getitem__(self, index: int):
+        image_id, y, x = self._position(index)
+        image, mask = self.source.cut(image_id, y, x)
+        image, mask = np.array(image), np.array(mask)
+        if self.augment is not None:
+            out = self.augment(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        mean, std = self.source.stats(image_id)
+        return torch.from_numpy(standardise(image, mean, std)[None]), torch.from_numpy(mask.astype(np.int64))

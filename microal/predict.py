@@ -1,0 +1,119 @@
+"""Full-size predictions: resample to the model's scale, tile, predict centres, stitch, resample back.
+
+A microal model file carries its project config (classes, tiling, model), so predicting
+needs only the model file and the images.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from microal.config import ProjectConfig, parse_config
+from microal.data import standardise
+from microal.errors import InputError
+from microal.files import atomic_path, write_text_atomic
+from microal.imageio import read_image
+from microal.metrics import phase_fractions
+from microal.models import build_model
+from microal.tiling import TileGrid, resample_image, resample_probabilities, scale_factor
+from microal.training import MODEL_FORMAT
+
+PREDICTIONS_TABLE = "predictions.csv"
+PREDICTION_INFO = "prediction_info.json"  # which model made the predictions
+
+
+@dataclass
+class LoadedModel:
+    net: torch.nn.Module
+    config: ProjectConfig
+    epoch: int
+    metrics: dict
+    path: Path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "model file does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise InputError(path, f"cannot load model file ({error})") from None
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise InputError(path, f"not a microal model file (expected format {MODEL_FORMAT})")
+    config = parse_config(blob["config"], source=f"{path} (embedded config)")
+    # The weights come from the file; never fetch ImageNet weights just to overwrite them.
+    net = build_model(config.model.model_copy(update={"encoder_weights": "none"}), config.num_classes)
+    net.load_state_dict(blob["state_dict"])
+    net.to(device).eval()
+    return LoadedModel(net, config, int(blob.get("epoch", 0)), dict(blob.get("metrics", {})), path)
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: LoadedModel, image: np.ndarray, um_per_px: float | None, batch_size: int = 8, source: str = "image"
+) -> np.ndarray:
+    """Class probabilities [C, H, W] at the image's own size."""
+    tiling = model.config.tiling
+    factor = scale_factor(um_per_px, tiling)
+    if factor is None:
+        raise InputError(source, f"no pixel size, but the model works at {tiling.target_um_per_px} µm/px")
+    resampled = resample_image(image, factor, tiling.image_interpolation)
+    grid = TileGrid(resampled.shape[0], resampled.shape[1], tiling.tile_size, tiling.margin)
+    padded = standardise(grid.pad_image(resampled), float(resampled.mean()), float(max(resampled.std(), 1e-6)))
+    device = next(model.net.parameters()).device
+    positions = list(grid.positions())
+    centres = {}
+    for start in range(0, len(positions), batch_size):
+        chunk = positions[start : start + batch_size]
+        batch = np.stack([padded[grid.window_slice(y, x)] for _, _, y, x in chunk])[:, None]
+        probs = torch.softmax(model.net(torch.from_numpy(batch).to(device)), dim=1).cpu().numpy()
+        for (row, col, _, _), p in zip(chunk, probs):
+            centres[(row, col)] = grid.centre(p)
+    return resample_probabilities(grid.stitch(centres), image.shape)
+
+
+def write_mask_png(mask: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(mask.astype(np.uint8)).save(tmp, format="PNG")
+
+
+def predict_catalog(
+    model_path: str | Path, catalog: pd.DataFrame, out_dir: str | Path, progress: bool = True, batch_size: int = 8
+) -> pd.DataFrame:
+    """Write <out>/masks/<name>.png (class indices) and the per-image phase-fraction table."""
+    model = load_model(model_path)
+    out_dir = Path(out_dir)
+    names = model.config.class_names
+    rows = []
+    for _, row in tqdm(catalog.iterrows(), total=len(catalog), desc="predict", unit="image", disable=not progress):
+        image = read_image(row.image_path, model.config.ingest)
+        um_per_px = None if pd.isna(row.um_per_px) else float(row.um_per_px)
+        probs = predict_probabilities(model, image, um_per_px, batch_size, source=row.image_path)
+        mask = probs.argmax(0).astype(np.uint8)
+        mask_file = out_dir / "masks" / f"{Path(row.image_name).stem}_{row.image_id[:8]}.png"
+        write_mask_png(mask, mask_file)
+        fractions = phase_fractions(mask, len(names))
+        rows.append(
+            {
+                "image_id": row.image_id,
+                "image_name": row.image_name,
+                "domain": row.domain,
+                "mask_file": str(mask_file.relative_to(out_dir)),
+                **{f"fraction_{name}": float(f) for name, f in zip(names, fractions)},
+            }
+        )
+    table = pd.DataFrame(rows)
+    with atomic_path(out_dir / PREDICTIONS_TABLE) as tmp:
+        table.to_csv(tmp, index=False)
+    info = {"model": str(model.path.resolve()), "epoch": model.epoch, "metrics": model.metrics}
+    write_text_atomic(out_dir / PREDICTION_INFO, json.dumps(info, indent=2, default=float))
+    return table

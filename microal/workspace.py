@@ -1,0 +1,36 @@
+"""Where each step reads and writes inside a project's work folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path) -> "Workspace":
+        return cls(Path(root).resolve())
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog.parquet"
+
+    @property
+    def tiles(self) -> Path:
+        return self.root / "tiles"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.root / "ray_results"
+
+    def run(self, name: str) -> Path:
+        return self.root / "runs" / name
+
+    def predictions(self, name: str) -> Path:
+        return self.root / "predictions" / name
+
+    def evaluation(self, name: str) -> Path:
+        return self.root / "evaluation" / name
