@@ -1,0 +1,81 @@
+"""Supervised UHCS benchmark (issue 2).
+
+Holds out the four test4A images of UHCS (../shared/datasets/uhcs), drops the four other
+images that share their samples, trains on the rest (Ray Train, CPU), predicts the held-out
+images at full size and scores them. Last line:
+
+    uhcs miou=<0..1> iou=<c0>,<c1>,<c2>,<c3> minutes=<m>
+
+Usage: python benchmarks/supervised_uhcs.py [--out bench-out/supervised_uhcs] [--epochs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "datasets" / "uhcs"
+TEST_IMAGES = ["uhcs0295.tif", "uhcs1289.tif", "uhcs0006.tif", "uhcs1648.tif"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "bench-out" / "supervised_uhcs"))
+    parser.add_argument("--epochs", type=int, help="override training.epochs")
+    parser.add_argument("--data", default=str(DATA))
+    args = parser.parse_args()
+    data = Path(args.data)
+    if not (data / "manifest.csv").exists():
+        print(f"UHCS data not found at {data} (expected ../shared/datasets/uhcs beside the repository)")
+        return 2
+
+    from microal.catalog import ingest
+    from microal.config import load_config
+    from microal.evaluate import evaluate_predictions, format_table
+    from microal.predict import predict_catalog
+    from microal.tileset import build_tiles
+    from microal.train import train
+    from microal.workspace import Workspace
+
+    started = time.time()
+    out = Path(args.out).resolve()
+    shutil.rmtree(out, ignore_errors=True)
+    ws = Workspace.at(out)
+    config = load_config(REPO / "examples" / "uhcs.yaml")
+    assert sorted(config.split.test.values) == sorted(TEST_IMAGES), "examples/uhcs.yaml must hold out test4A"
+    if args.epochs:
+        config = config.model_copy(update={"training": config.training.model_copy(update={"epochs": args.epochs})})
+
+    catalog, _ = ingest(data / "manifest.csv", config, ws.catalog, progress=False)
+    build_tiles(catalog, config, ws.tiles, progress=False)
+    summary = train(config, ws.tiles, ws.run("uhcs"), str(ws.ray_storage), "uhcs")
+
+    splits = summary.run_dir / "splits.csv"
+    import pandas as pd
+
+    roles = pd.read_csv(splits).set_index("image_name")["split"]
+    trained_on = set(roles[roles.isin(["train", "val"])].index)
+    leaked = trained_on & set(TEST_IMAGES)
+    assert not leaked, f"test images in training: {leaked}"
+    test_samples = set(catalog[catalog.image_name.isin(TEST_IMAGES)]["sample"])
+    assert not (set(catalog[catalog.image_name.isin(trained_on)]["sample"]) & test_samples), "sample leakage"
+    print(f"trained on {sorted(trained_on)}; excluded (same samples as test): "
+          f"{sorted(roles[roles == 'excluded'].index)}")
+
+    test = catalog[catalog.image_name.isin(TEST_IMAGES)]
+    predict_catalog(summary.best_model, test, ws.predictions("uhcs"), progress=False)
+    result = evaluate_predictions(ws.predictions("uhcs"), catalog, config, ws.evaluation("uhcs"), progress=False)
+    print(format_table(result.per_image[["image_name", "split", "miou"] + [c for c in result.per_image if c.startswith("iou_")]]))
+    row = result.per_domain.iloc[0]
+    iou = ",".join(f"{row[f'iou_{name}']:.3f}" for name in config.class_names)
+    minutes = (time.time() - started) / 60
+    print(f"uhcs miou={row.miou:.3f} iou={iou} minutes={minutes:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from microal.cli import main
+
+sys.exit(main())

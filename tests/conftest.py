@@ -1,0 +1,79 @@
+"""Shared fixtures: a small synthetic data set, configs for quick training, a local Ray cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+# Tests start their own embedded Ray; never attach to a cluster a developer has running.
+os.environ.pop("RAY_ADDRESS", None)
+# A failing hub download should fail at once in tests, not after minutes of retries.
+os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "2")
+
+
+def shared_dataset(name: str) -> Path:
+    """Path to a dataset in ../shared/datasets, or skip (with the reason) where it is absent."""
+    path = SHARED_DATASETS / name
+    if not (path / "manifest.csv").exists():
+        pytest.skip(f"{path} not present (a user's clone has no ../shared); CI runs this test")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small two-domain synthetic set: 6 SEM-like (3 samples) + 2 light-optical-like images."""
+    from microal.synth import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, n_per_domain=(6, 2), field_um=16.0, seed=1)
+    return out
+
+
+def quick_config_dict(synth_dir: Path, **training) -> dict:
+    """The synthetic set's own config, shrunk so a training run takes seconds."""
+    config = yaml.safe_load((synth_dir / "microal.yaml").read_text())
+    config["tiling"] = {"target_um_per_px": 0.125, "tile_size": 32, "margin": 16}
+    config["split"]["n_folds"] = 2
+    config["training"].update(
+        {"epochs": 2, "batch_size": 8, "sampling": "random", "samples_per_epoch": 16, "augmentation": "basic"}
+    )
+    config["training"].update(training)
+    return config
+
+
+@pytest.fixture
+def quick_config(synth_dir):
+    from microal.config import parse_config
+
+    return parse_config(quick_config_dict(synth_dir))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray instance (2 CPUs) for every test that trains."""
+    from microal import ray_backend
+
+    ray_backend.init_ray(num_cpus=2)
+    yield
+    ray_backend.shutdown_ray()
+
+
+@pytest.fixture(scope="session")
+def tiled(synth_dir, tmp_path_factory):
+    """Catalog and tile set of the synthetic set under the quick config."""
+    from microal.catalog import ingest
+    from microal.config import parse_config
+    from microal.tileset import build_tiles
+    from microal.workspace import Workspace
+
+    config = parse_config(quick_config_dict(synth_dir))
+    ws = Workspace.at(tmp_path_factory.mktemp("work"))
+    catalog, _ = ingest(synth_dir / "manifest.csv", config, ws.catalog, progress=False)
+    build_tiles(catalog, config, ws.tiles, progress=False)
+    return ws, catalog, config

@@ -1,0 +1,68 @@
+"""Supervised training as a real Ray Train job on a local Ray cluster (one worker and DDP)."""
+
+import pandas as pd
+import pytest
+import torch
+
+from microal.config import parse_config
+from microal.errors import MicroalError
+from microal.splits import TRAIN, VAL
+from microal.train import train
+from conftest import quick_config_dict
+
+
+def _config(synth_dir, **training):
+    return parse_config(quick_config_dict(synth_dir, **training))
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_one_worker_trains_checkpoints_and_exports(ray_local, tiled, synth_dir):
+    ws, catalog, _ = tiled
+    config = _config(synth_dir, epochs=3, lr=0.005)
+    summary = train(config, ws.tiles, ws.run("one"), str(ws.ray_storage), "one")
+
+    history = summary.history
+    assert history.epoch.tolist() == [1, 2, 3]
+    assert history.train_loss.iloc[-1] < history.train_loss.iloc[0]
+    assert history.val_miou.notna().all() and history.val_miou.between(0, 1).all()
+    assert {"val_iou_c0", "val_iou_c1", "val_iou_c2"} <= set(history.columns)
+
+    best = _load(summary.best_model)
+    assert best["metrics"]["val_miou"] == pytest.approx(history.val_miou.max())
+    assert _load(ws.run("one") / "last_model.pt")["epoch"] == 3
+    assert (ws.run("one") / "learning_curve.png").stat().st_size > 10_000
+    # One Ray checkpoint per epoch reported, the best two and the latest kept.
+    assert 1 <= len(list((ws.ray_storage / "one").glob("checkpoint_*"))) <= 3
+
+    splits = pd.read_csv(ws.run("one") / "splits.csv")
+    train_samples = set(splits[splits.split == TRAIN]["sample"])
+    assert train_samples and not train_samples & set(splits[splits.split != TRAIN]["sample"])
+    assert (splits.split == VAL).any()
+
+
+def test_resume_continues_from_the_last_checkpoint(ray_local, tiled, synth_dir):
+    ws, _, _ = tiled
+    train(_config(synth_dir, epochs=2), ws.tiles, ws.run("resume"), str(ws.ray_storage), "resume")
+    first = _load(ws.run("resume") / "last_model.pt")
+
+    with pytest.raises(MicroalError, match="already exists.*--resume"):
+        train(_config(synth_dir, epochs=3), ws.tiles, ws.run("resume"), str(ws.ray_storage), "resume")
+
+    summary = train(_config(synth_dir, epochs=3), ws.tiles, ws.run("resume"), str(ws.ray_storage), "resume", resume=True)
+    # Epochs 1-2 come from the checkpoint (identical records), only epoch 3 was trained now.
+    assert summary.history.epoch.tolist() == [1, 2, 3]
+    assert summary.history.iloc[:2].to_dict("records") == pd.DataFrame(first["history"]).to_dict("records")
+
+
+def test_two_workers_ddp(ray_local, tiled, synth_dir):
+    ws, _, _ = tiled
+    config = _config(synth_dir, epochs=2, num_workers=2)
+    summary = train(config, ws.tiles, ws.run("ddp"), str(ws.ray_storage), "ddp")
+    assert summary.history.epoch.tolist() == [1, 2]
+    # Both ranks contributed their shards of the validation set: IoUs are finite.
+    assert summary.history.val_miou.between(0, 1).all()
+    assert _load(summary.best_model)["state_dict"]  # saved unwrapped (no "module." prefix)
+    assert not any(k.startswith("module.") for k in _load(summary.best_model)["state_dict"])
