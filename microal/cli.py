@@ -54,17 +54,7 @@ def cmd_tile(args) -> None:
 def cmd_train(args) -> None:
     from microal.train import train
 
-    ws = Workspace.at(args.workdir)
-    config = _config(args)
-    if args.workers is not None:
-        config = config.model_copy(update={"training": config.training.model_copy(update={"num_workers": args.workers})})
-    summary = train(
-        config, ws.tiles, ws.run(args.name), args.storage_path or str(ws.ray_storage), args.name,
-        resume=args.resume, address=args.address, init_model=args.init_model,
-    )
-    metrics = summary.best_metrics
-    print(f"best epoch {int(metrics.get('epoch', 0))}: val mIoU {metrics.get('val_miou', float('nan')):.4f}")
-    print(f"model: {summary.best_model}\nlearning curve: {summary.run_dir / 'learning_curve.png'}")
+    _training_command(args, train, "training")
 
 
 def cmd_predict(args) -> None:
@@ -98,6 +88,74 @@ def cmd_evaluate(args) -> None:
     print(f"tables: {out / 'per_image.csv'}, {out / 'per_domain.csv'}; overlays: {out / 'overlays'}")
 
 
+def _training_command(args, function, label: str) -> None:
+    ws = Workspace.at(args.workdir)
+    config = _config(args)
+    if getattr(args, "workers", None) is not None:
+        config = config.model_copy(update={"training": config.training.model_copy(update={"num_workers": args.workers})})
+    if getattr(args, "method", None):
+        config = config.model_copy(update={"uda": config.uda.model_copy(update={"method": args.method})})
+    kwargs = {"init_model": args.init_model} if hasattr(args, "init_model") else {}
+    summary = function(
+        config, ws.tiles, ws.run(args.name), args.storage_path or str(ws.ray_storage), args.name,
+        resume=args.resume, address=args.address, **kwargs,
+    )
+    metrics = summary.best_metrics
+    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("val_miou", "target_miou", "target_entropy", "val_accuracy", "train_loss") if k in metrics)
+    print(f"{label}: best epoch {int(metrics.get('epoch', 0))}: {shown}")
+    print(f"output: {summary.best_model}\nlearning curve: {summary.run_dir / 'learning_curve.png'}")
+
+
+def cmd_adapt(args) -> None:
+    from microal.train import adapt
+
+    _training_command(args, adapt, "adaptation")
+
+
+def cmd_pretrain(args) -> None:
+    from microal.train import pretrain
+
+    _training_command(args, pretrain, "pre-training")
+    print("use it with model.encoder_weights: <that file> and a low training.encoder_lr_factor (0.1)")
+
+
+def cmd_tune(args) -> None:
+    from microal.evaluate import format_table
+    from microal.tune import tune
+    from microal.tune_space import load_space
+
+    ws = Workspace.at(args.workdir)
+    space = load_space(args.space)
+    config = _config(args)
+    if args.epochs:
+        section = "pretrain" if space.job == "pretrain" else "training"
+        config = config.model_copy(update={section: getattr(config, section).model_copy(update={"epochs": args.epochs})})
+    if args.metric or args.mode:
+        space = space.model_copy(update={k: v for k, v in (("metric", args.metric), ("mode", args.mode)) if v})
+    summary = tune(
+        config, space, ws.tiles, ws.root / "tune" / args.name, args.storage_path or str(ws.ray_storage), args.name,
+        trials=args.trials, concurrency=args.concurrency, resume=args.resume, address=args.address,
+        search=args.search, scheduler=args.scheduler, grace_period=args.grace_period, seed=args.seed,
+    )
+    print("top trials:\n" + format_table(summary.results.head(args.top)))
+    print(f"results: {summary.out_dir / 'results.csv'}; curves: {summary.out_dir / 'trials.png'}")
+    if summary.best_config is not None:
+        print(f"best config (for microal train --config): {summary.out_dir / 'best_config.yaml'}")
+
+
+def cmd_compare(args) -> None:
+    from microal.catalog import read_catalog
+    from microal.compare import compare_runs
+    from microal.evaluate import format_table
+
+    ws = Workspace.at(args.workdir)
+    out = Path(args.out) if args.out else ws.evaluation("compare-" + "-".join(args.runs))
+    table = compare_runs(ws, read_catalog(ws.catalog), _config(args), args.runs, out,
+                         source_domain=args.source_domain, figure_domain=args.figure_domain)
+    print(format_table(table))
+    print(f"table: {out / 'compare.csv'}; overlays side by side: {out / 'compare.png'}")
+
+
 def cmd_demo(args) -> None:
     from microal.demo import run_demo
 
@@ -120,14 +178,50 @@ def _add_ingest(p):
     _add_config(p)
 
 
-def _add_train(p):
+def _add_ray_job(p):
     _add_config(p)
     p.add_argument("--name", default="run", help="run name (also the Ray Train run name)")
     p.add_argument("--resume", action="store_true", help="continue run NAME from its latest checkpoint")
     p.add_argument("--workers", type=int, help="override training.num_workers")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--storage-path", help="where Ray keeps checkpoints (default <workdir>/ray_results; s3://... on a cluster)")
+
+
+def _add_train(p):
+    _add_ray_job(p)
     p.add_argument("--init-model", help="a microal model file to start from (fine-tuning)")
+
+
+def _add_adapt(p):
+    _add_train(p)
+    p.add_argument("--method", choices=["adaptsegnet", "advent", "source_only"], help="override uda.method")
+
+
+def _add_tune(p):
+    _add_config(p)
+    p.add_argument("--space", required=True, help="search space file, e.g. tune_spaces/supervised.yaml")
+    p.add_argument("--trials", type=int, default=8, help="number of trials")
+    p.add_argument("--concurrency", type=int, default=1, help="trials at a time")
+    p.add_argument("--metric", help="override the space's metric (reported each epoch)")
+    p.add_argument("--mode", choices=["max", "min"], help="override the space's mode")
+    p.add_argument("--name", default="search", help="search name (stable: --resume finds it)")
+    p.add_argument("--resume", action="store_true", help="continue a stopped search without re-running finished trials")
+    p.add_argument("--epochs", type=int, help="override the epochs of each trial (ASHA's max_t)")
+    p.add_argument("--search", choices=["tpe", "random"], default="tpe", help="Optuna sampler (default tpe, seeded)")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="early stopping (default asha)")
+    p.add_argument("--grace-period", type=int, default=2, help="epochs before ASHA may stop a trial")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=5, help="rows of the final table")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--storage-path", help="where Ray keeps trials (default <workdir>/ray_results; s3://... on a cluster)")
+
+
+def _add_compare(p):
+    _add_config(p)
+    p.add_argument("--runs", nargs="+", required=True, help="run names to compare")
+    p.add_argument("--source-domain", help="domain whose held-out mIoU is the RDT reference")
+    p.add_argument("--figure-domain", help="show images of this domain in the figure (default: any)")
+    p.add_argument("--out", help="output folder (default <workdir>/evaluation/compare-RUNS)")
 
 
 def _add_predict(p):
@@ -153,15 +247,19 @@ def _add_demo(p):
 
 
 # Commands that work inside a work folder get --workdir.
-_IN_WORKDIR = {"ingest", "tile", "train", "predict", "evaluate"}
+_IN_WORKDIR = {"ingest", "tile", "train", "adapt", "pretrain", "tune", "predict", "evaluate", "compare"}
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "synth": ("generate a synthetic two-domain micrograph set with exact masks", _add_synth, cmd_synth),
     "ingest": ("register micrographs, masks and metadata in the catalog", _add_ingest, cmd_ingest),
     "tile": ("resample to one physical scale and cut overlapping tiles", lambda p: _add_config(p), cmd_tile),
     "train": ("supervised training as a Ray Train job", _add_train, cmd_train),
+    "adapt": ("unsupervised domain adaptation (AdaptSegNet, ADVENT) as a Ray Train job", _add_adapt, cmd_adapt),
+    "pretrain": ("encoder pre-training (classification head or SimCLR) as a Ray Train job", _add_ray_job, cmd_pretrain),
+    "tune": ("hyperparameter search: Ray Tune + Optuna TPE + ASHA, each trial a Ray Train job", _add_tune, cmd_tune),
     "predict": ("full-size masks and phase fractions from a trained model", _add_predict, cmd_predict),
     "evaluate": ("mIoU, per-class IoU, phase-fraction error, RDT, overlays", _add_evaluate, cmd_evaluate),
+    "compare": ("score several runs on the same images: table and overlays side by side", _add_compare, cmd_compare),
     "demo": ("synth -> ingest -> tile -> train -> predict -> evaluate on generated data", _add_demo, cmd_demo),
 }
 

@@ -149,6 +149,9 @@ class TrainingConfig(_Strict):
     encoder_lr_factor: float = Field(0.1, gt=0, le=10)  # encoder lr = lr x factor (seed: 0.1)
     weight_decay: float = Field(1e-4, ge=0)
     dice_weight: float = Field(1.0, ge=0)  # loss = cross-entropy + dice_weight x Dice
+    # Cross-entropy class weights: none, balanced (1/sqrt of each class's pixel share in the
+    # training images, so rare phases count), or one number per class.
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
     augmentation: str = "basic"  # basic, extended, none, or a path to an albumentations YAML
     # grid: every tile once per epoch; random: samples_per_epoch windows at random positions.
     sampling: Literal["grid", "random"] = "grid"
@@ -160,6 +163,54 @@ class TrainingConfig(_Strict):
     max_failures: int = Field(0, ge=0)
 
 
+class PreprocessConfig(_Strict):
+    """Intensity preparation applied before tiling and prediction alike."""
+
+    # Bright-field light-optical images are dark where SEM images are bright: inverting
+    # them makes the two look alike to the network (the seed's preprocessing).
+    invert_domains: list[str] = Field(default_factory=list)
+    # Inputs are standardised by mean/std of each image, of each domain, or not at all.
+    normalize: Literal["image", "domain"] = "image"
+
+
+class UdaConfig(_Strict):
+    """Unsupervised domain adaptation (AdaptSegNet multi-level, or its ADVENT entropy variant)."""
+
+    method: Literal["adaptsegnet", "advent", "source_only"] = "adaptsegnet"
+    source_domains: list[str] = Field(default_factory=list)  # default: every domain with masks
+    target_domains: list[str] = Field(default_factory=list)
+    # Images of the target domain whose masks may be used to choose the model (a small
+    # labelled target set); their labels never enter the training loss.
+    target_val: HoldoutConfig | None = None
+    weight_seg_aux: float = Field(0.1, ge=0)
+    weight_adv: float = Field(0.001, ge=0)
+    weight_adv_aux: float = Field(0.0002, ge=0)
+    weight_entropy: float = Field(0.001, ge=0)  # ADVENT's direct entropy minimisation
+    lr_discriminator: float = Field(1e-4, gt=0)
+    poly_power: float = Field(0.9, ge=0)
+    discriminator_channels: int = Field(64, ge=4)
+    aux_level: int = Field(-2, le=-1)  # encoder feature level feeding the auxiliary output
+    target_batch_size: int | None = Field(None, ge=1)  # default: training.batch_size
+    select_by: Literal["val_miou", "target_miou", "target_entropy"] = "val_miou"
+
+
+class PretrainConfig(_Strict):
+    """Encoder pre-training: image-level classification with an auxiliary head, or SimCLR."""
+
+    method: Literal["classification", "simclr"] = "simclr"
+    label_column: str = "domain"  # classification: the catalog column holding the image class
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    samples_per_epoch: int = Field(512, ge=2)
+    temperature: float = Field(0.2, gt=0)  # SimCLR's NT-Xent temperature
+    projection_dim: int = Field(64, ge=2)
+    dropout: float = Field(0.5, ge=0, lt=1)  # classification head, as in the seed
+    augmentation: str = "extended"
+    use_unlabelled: bool = True  # images without masks take part (they are the point of SSL)
+
+
 class ProjectConfig(_Strict):
     classes: list[ClassSpec] = Field(min_length=2)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
@@ -167,6 +218,9 @@ class ProjectConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    uda: UdaConfig = Field(default_factory=UdaConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -181,6 +235,9 @@ class ProjectConfig(_Strict):
         names = self.class_names
         if len(set(names)) != len(names):
             raise ValueError(f"classes: duplicate class names in {names}")
+        weights = self.training.class_weights
+        if isinstance(weights, list) and len(weights) != len(names):
+            raise ValueError(f"training.class_weights: {len(weights)} weights for {len(names)} classes")
         for ref in [c.label for c in self.ingest.mask_colors] + [self.ingest.unmatched_color_class]:
             if ref is not None and ref not in names:
                 raise ValueError(f"ingest: class {ref!r} is not in the class table {names}")

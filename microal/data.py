@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from microal.tiling import IGNORE_INDEX
 from microal.tileset import TileSet
 
 
@@ -17,11 +18,13 @@ def standardise(window: np.ndarray, mean: float, std: float) -> np.ndarray:
 class WindowSource:
     """Loads each image's padded arrays once and cuts windows from them."""
 
-    def __init__(self, tileset: TileSet, image_ids: list[str]):
+    def __init__(self, tileset: TileSet, image_ids: list[str], mask_ids: set[str] | None = None):
+        """Masks are loaded for `mask_ids` only (default: all): a UDA target never sees its labels."""
         self.tileset = tileset
         self.window = tileset.tiling.window
         self._images = {i: tileset.image_array(i, mmap=False) for i in image_ids}
-        self._masks = {i: tileset.mask_array(i, mmap=False) for i in image_ids}
+        mask_ids = set(image_ids) if mask_ids is None else mask_ids
+        self._masks = {i: tileset.mask_array(i, mmap=False) if i in mask_ids else None for i in image_ids}
         self._stats = {i: (float(tileset.images.loc[i, "mean"]), float(tileset.images.loc[i, "std"])) for i in image_ids}
 
     def cut(self, image_id: str, y: int, x: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -31,6 +34,14 @@ class WindowSource:
 
     def stats(self, image_id: str) -> tuple[float, float]:
         return self._stats[image_id]
+
+    def class_pixel_counts(self, num_classes: int) -> np.ndarray:
+        """Labelled pixels of each class over all loaded images (padding excluded)."""
+        counts = np.zeros(num_classes, dtype=np.int64)
+        for mask in self._masks.values():
+            if mask is not None:
+                counts += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=num_classes)[:num_classes]
+        return counts
 
 
 class TileDataset(Dataset):
@@ -51,7 +62,8 @@ class TileDataset(Dataset):
         seed: int = 0,
     ):
         self.tiles = tiles.reset_index(drop=True)
-        self.source = WindowSource(tileset, sorted(self.tiles.image_id.unique()))
+        labelled = set(self.tiles.image_id[self.tiles.labelled.astype(bool)])
+        self.source = WindowSource(tileset, sorted(self.tiles.image_id.unique()), mask_ids=labelled)
         self.augment = augment
         self.sampling = sampling
         self.samples_per_epoch = samples_per_epoch or len(self.tiles)
@@ -79,7 +91,9 @@ class TileDataset(Dataset):
     def __getitem__(self, index: int):
         image_id, y, x = self._position(index)
         image, mask = self.source.cut(image_id, y, x)
-        image, mask = np.array(image), np.array(mask)
+        image = np.array(image)
+        # Unlabelled images (a UDA target, a pool) get an all-ignore mask.
+        mask = np.full(image.shape, IGNORE_INDEX, np.uint8) if mask is None else np.array(mask)
         if self.augment is not None:
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]

@@ -42,19 +42,26 @@ def _save(fig, path: Path) -> None:
 def learning_curve(history: pd.DataFrame, class_names: list[str], path: Path, title: str = "") -> None:
     """Loss and validation mIoU / per-class IoU against epoch."""
     fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(history.epoch, history.train_loss, "o-", label="train")
-    if "val_loss" in history:
-        ax_loss.plot(history.epoch, history.val_loss, "o-", label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="loss (CE + Dice)", title="loss")
-    ax_loss.legend()
+    for column in [c for c in history if c.startswith("train_") and c.endswith("loss")] + ["val_loss"]:
+        if column in history and history[column].notna().any():
+            ax_loss.plot(history.epoch, history[column], "o-", ms=3, label=column.replace("_", " "))
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend(fontsize=8)
     if "val_miou" in history and history.val_miou.notna().any():
         ax_iou.plot(history.epoch, history.val_miou, "k-", lw=2.5, label="mIoU")
         for i, name in enumerate(class_names):
             key = f"val_iou_c{i}"
             if key in history:
                 ax_iou.plot(history.epoch, history[key], "--", label=name)
+        if "target_miou" in history:
+            ax_iou.plot(history.epoch, history.target_miou, "m-", lw=2.5, label="target mIoU")
+        if "target_entropy" in history:
+            ax_iou.plot(history.epoch, history.target_entropy, "c:", lw=2, label="target entropy (label-free)")
         ax_iou.set(xlabel="epoch", ylabel="IoU", ylim=(0, 1), title="validation")
         ax_iou.legend(fontsize=8)
+    elif "val_accuracy" in history:
+        ax_iou.plot(history.epoch, history.val_accuracy, "k-", lw=2.5)
+        ax_iou.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1), title="validation (image-level labels)")
     else:
         ax_iou.text(0.5, 0.5, "no validation images", ha="center", va="center")
         ax_iou.axis("off")
@@ -82,4 +89,41 @@ def overlay(
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in class_colors(classes)]
     fig.legend(handles, [c.name for c in classes], loc="lower center", ncol=len(classes), fontsize=9)
     fig.suptitle(title)
+    _save(fig, path)
+
+
+def side_by_side(
+    rows: list[tuple[str, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]], classes: list[ClassSpec], path: Path
+) -> None:
+    """One row per image: micrograph | expert mask | each run's prediction (overlaid), for comparing runs."""
+    runs = list(rows[0][3])
+    columns = 2 + len(runs)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(3.2 * columns, 3.3 * len(rows)), squeeze=False)
+    for ax_row, (title, image, truth, predictions) in zip(axes, rows):
+        panels = [("micrograph", None), ("expert mask", truth)] + [(run, predictions[run]) for run in runs]
+        for ax, (name, mask) in zip(ax_row, panels):
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+            if mask is not None:
+                ax.imshow(colorize(mask, classes), alpha=0.45)
+            ax.set_title(f"{name}\n{title}" if name == "micrograph" else name, fontsize=9)
+            ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in class_colors(classes)]
+    fig.legend(handles, [c.name for c in classes], loc="lower center", ncol=len(classes), fontsize=9)
+    _save(fig, path)
+
+
+def search_curves(histories: dict[str, pd.DataFrame | None], metric: str, path: Path, title: str = "") -> None:
+    """The search metric against epoch for every trial; trials stopped early end early (marked x)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    longest = max((len(h) for h in histories.values() if h is not None), default=0)
+    for trial, history in sorted(histories.items()):
+        if history is None or metric not in history or history.empty:
+            continue
+        epochs = np.arange(1, len(history) + 1)
+        (line,) = ax.plot(epochs, history[metric], "-", lw=1.5, label=trial)
+        if len(history) < longest:
+            ax.plot(epochs[-1], history[metric].iloc[-1], "x", color=line.get_color(), ms=9, mew=2)
+    ax.set(xlabel="epoch", ylabel=metric, title=title or f"{metric} per trial (x: stopped early)")
+    if len(histories) <= 12:
+        ax.legend(fontsize=7, ncol=2)
     _save(fig, path)

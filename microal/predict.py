@@ -23,6 +23,7 @@ from microal.files import atomic_path, write_text_atomic
 from microal.imageio import read_image
 from microal.metrics import phase_fractions
 from microal.models import build_model
+from microal.preprocess import image_stats, prepare_intensities
 from microal.tiling import TileGrid, resample_image, resample_probabilities, scale_factor
 from microal.training import MODEL_FORMAT
 
@@ -37,6 +38,7 @@ class LoadedModel:
     epoch: int
     metrics: dict
     path: Path
+    domain_stats: dict[str, tuple[float, float]]
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -54,21 +56,32 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     net = build_model(config.model.model_copy(update={"encoder_weights": "none"}), config.num_classes)
     net.load_state_dict(blob["state_dict"])
     net.to(device).eval()
-    return LoadedModel(net, config, int(blob.get("epoch", 0)), dict(blob.get("metrics", {})), path)
+    stats = {str(k): tuple(v) for k, v in blob.get("domain_stats", {}).items()}
+    return LoadedModel(net, config, int(blob.get("epoch", 0)), dict(blob.get("metrics", {})), path, stats)
 
 
 @torch.no_grad()
 def predict_probabilities(
-    model: LoadedModel, image: np.ndarray, um_per_px: float | None, batch_size: int = 8, source: str = "image"
+    model: LoadedModel,
+    image: np.ndarray,
+    um_per_px: float | None,
+    batch_size: int = 8,
+    source: str = "image",
+    domain: str = "default",
 ) -> np.ndarray:
-    """Class probabilities [C, H, W] at the image's own size."""
-    tiling = model.config.tiling
+    """Class probabilities [C, H, W] at the image's own size, prepared exactly as in training."""
+    config = model.config
+    tiling = config.tiling
     factor = scale_factor(um_per_px, tiling)
     if factor is None:
         raise InputError(source, f"no pixel size, but the model works at {tiling.target_um_per_px} µm/px")
+    image = prepare_intensities(image, domain, config.preprocess)
     resampled = resample_image(image, factor, tiling.image_interpolation)
     grid = TileGrid(resampled.shape[0], resampled.shape[1], tiling.tile_size, tiling.margin)
-    padded = standardise(grid.pad_image(resampled), float(resampled.mean()), float(max(resampled.std(), 1e-6)))
+    mean, std = image_stats(resampled)
+    if config.preprocess.normalize == "domain" and domain in model.domain_stats:
+        mean, std = model.domain_stats[domain]
+    padded = standardise(grid.pad_image(resampled), mean, std)
     device = next(model.net.parameters()).device
     positions = list(grid.positions())
     centres = {}
@@ -97,7 +110,7 @@ def predict_catalog(
     for _, row in tqdm(catalog.iterrows(), total=len(catalog), desc="predict", unit="image", disable=not progress):
         image = read_image(row.image_path, model.config.ingest)
         um_per_px = None if pd.isna(row.um_per_px) else float(row.um_per_px)
-        probs = predict_probabilities(model, image, um_per_px, batch_size, source=row.image_path)
+        probs = predict_probabilities(model, image, um_per_px, batch_size, source=row.image_path, domain=str(row.domain))
         mask = probs.argmax(0).astype(np.uint8)
         mask_file = out_dir / "masks" / f"{Path(row.image_name).stem}_{row.image_id[:8]}.png"
         write_mask_png(mask, mask_file)

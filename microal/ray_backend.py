@@ -12,7 +12,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import ray
 import ray.train
@@ -22,7 +22,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from microal.errors import MicroalError
-from microal.training import MODEL_FILE, TrainJob, train_worker
+from microal.training import MODEL_FILE, TrainJob
 
 # Ray Train checks worker health every 2 s by default; short jobs spend most of their
 # start-up waiting on it. 0.2 s costs nothing measurable and saves seconds per run.
@@ -85,42 +85,46 @@ class RayWorkerSession:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _train_loop_per_worker(config: dict) -> None:
-    train_worker(config["job"], RayWorkerSession())
+def _loop_per_worker(config: dict) -> None:
+    config["loop"](config["job"], RayWorkerSession())
 
 
 @dataclass
 class FitOutcome:
-    best_model: Path
-    last_model: Path
     best_metrics: dict
     last_metrics: dict
 
 
-def _copy_model_file(checkpoint: ray.train.Checkpoint, dest: Path) -> None:
+def _copy_files(checkpoint: ray.train.Checkpoint, names: list[str], dest: Path, prefix: str) -> None:
     with checkpoint.as_directory() as directory:
-        shutil.copyfile(Path(directory) / MODEL_FILE, dest)
+        for name in names:
+            shutil.copyfile(Path(directory) / name, dest / f"{prefix}_{name}")
 
 
-def fit_supervised(
+def fit(
+    loop: Callable[[TrainJob, object], None],
     job: TrainJob,
-    storage_path: Path,
+    storage_path: str,
     name: str,
     run_dir: Path,
     num_workers: int,
     use_gpu: bool,
     cpus_per_worker: int,
     max_failures: int = 0,
+    score: tuple[str, str] = ("val_miou", "max"),
+    files: tuple[str, ...] = (MODEL_FILE,),
 ) -> FitOutcome:
-    """Run the training loop as a TorchTrainer; copy the best and last model files into run_dir.
+    """Run `loop` on Ray Train workers; copy `files` of the best and the last checkpoint into
+    run_dir as best_<file> and last_<file>.
 
     A run with the same storage_path/name resumes from its latest checkpoint (Ray Train
-    finds the run's snapshot there); `microal train` guards against doing so by accident.
+    finds the run's snapshot there); the commands guard against doing so by accident.
     """
     job.cpus_per_worker = cpus_per_worker
+    attribute, order = score
     trainer = TorchTrainer(
-        _train_loop_per_worker,
-        train_loop_config={"job": job},
+        _loop_per_worker,
+        train_loop_config={"job": job, "loop": loop},
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
         ),
@@ -128,7 +132,7 @@ def fit_supervised(
             name=name,
             storage_path=str(storage_path),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="val_miou", checkpoint_score_order="max"
+                num_to_keep=2, checkpoint_score_attribute=attribute, checkpoint_score_order=order
             ),
             failure_config=FailureConfig(max_failures=max_failures),
         ),
@@ -140,15 +144,138 @@ def fit_supervised(
     if result.checkpoint is None:
         raise MicroalError("training finished without a checkpoint (no epoch completed)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    best_checkpoint, best_metrics = _best(result)
-    _copy_model_file(best_checkpoint, run_dir / "best_model.pt")
-    _copy_model_file(result.checkpoint, run_dir / "last_model.pt")
-    return FitOutcome(run_dir / "best_model.pt", run_dir / "last_model.pt", best_metrics, dict(result.metrics or {}))
+    best_checkpoint, best_metrics = _best(result, attribute, order)
+    _copy_files(best_checkpoint, list(files), run_dir, "best")
+    _copy_files(result.checkpoint, list(files), run_dir, "last")
+    return FitOutcome(best_metrics, dict(result.metrics or {}))
 
 
-def _best(result) -> tuple[ray.train.Checkpoint, dict]:
-    candidates = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("val_miou") == m.get("val_miou")]
-    if not candidates:  # no validation set: the last epoch is the model
+def _best(result, attribute: str, order: str) -> tuple[ray.train.Checkpoint, dict]:
+    def finite(metrics):
+        value = metrics.get(attribute)
+        return value is not None and value == value
+
+    candidates = [(c, m) for c, m in (result.best_checkpoints or []) if finite(m)]
+    if not candidates:  # nothing to rank by (e.g. no validation set): the last epoch is the model
         return result.checkpoint, dict(result.metrics or {})
-    checkpoint, metrics = max(candidates, key=lambda cm: cm[1]["val_miou"])
+    pick = max if order == "max" else min
+    checkpoint, metrics = pick(candidates, key=lambda cm: cm[1][attribute])
     return checkpoint, dict(metrics)
+
+
+# ---- hyperparameter search (Ray Tune + Optuna) ---------------------------------------------
+
+TRIAL_CPU = 0.01  # the Tune function only starts a TorchTrainer; its workers hold the real CPUs
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    params: dict
+    history: "object"  # pandas DataFrame of the reported epochs
+    error: str | None
+
+
+def _trial(params: dict, context: dict) -> None:
+    """One trial: the job with the sampled settings, as a TorchTrainer whose reports reach Tune."""
+    import dataclasses
+
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from microal.tune_space import apply_params
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    config = apply_params(context["base_config"], params, source=f"trial {trial_id}")
+    job = dataclasses.replace(context["job"], config=config.model_dump(mode="json"))
+    job.cpus_per_worker = max(1, int(context["cpus_per_worker"]))
+    training = config.training
+    attribute, order = context["score"]
+    trainer = TorchTrainer(
+        _loop_per_worker,
+        train_loop_config={"job": job, "loop": context["loop"]},
+        scaling_config=ScalingConfig(
+            num_workers=training.num_workers, use_gpu=training.use_gpu,
+            resources_per_worker={"CPU": context["cpus_per_worker"]},
+        ),
+        run_config=RunConfig(
+            # Stable per trial: a restored or retried trial finds its own checkpoints.
+            name=f"{context['name']}-{trial_id}",
+            storage_path=context["storage_path"],
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=attribute,
+                                               checkpoint_score_order=order),
+            failure_config=FailureConfig(max_failures=training.max_failures),
+        ),
+    )
+    trainer.fit()
+
+
+def run_search(
+    space,
+    base_config,
+    loop: Callable,
+    job: TrainJob,
+    storage_path: str,
+    name: str,
+    trials: int,
+    concurrency: int,
+    max_epochs: int,
+    score: tuple[str, str],
+    search: str = "tpe",
+    scheduler: str = "asha",
+    grace_period: int = 2,
+    seed: int = 0,
+    resume: bool = False,
+) -> list[TrialRecord]:
+    """Optuna (TPE or random) proposes, ASHA stops poor trials early; every trial is a Train job."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from microal.tune_space import to_optuna
+
+    num_workers = base_config.training.num_workers
+    cpus = (cluster_cpus() - TRIAL_CPU * concurrency) / (concurrency * num_workers)
+    if cpus < 0.5:
+        raise MicroalError(
+            f"--concurrency {concurrency} x {num_workers} worker(s) does not fit {cluster_cpus()} CPUs; lower it"
+        )
+    context = {
+        "base_config": base_config.model_dump(mode="json"), "loop": loop, "job": job, "name": name,
+        "storage_path": str(storage_path), "cpus_per_worker": base_config.training.cpus_per_worker or int(cpus * 100) / 100,
+        "score": score,
+    }
+    trainable = tune.with_resources(tune.with_parameters(_trial, context=context), {"cpu": TRIAL_CPU})
+    experiment = f"{str(storage_path).rstrip('/')}/{name}"
+    if resume:
+        if not tune.Tuner.can_restore(experiment):
+            raise MicroalError(f"--resume: no search {name!r} to restore in {storage_path}")
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        sampler = (optuna.samplers.TPESampler(seed=seed) if search == "tpe"
+                   else optuna.samplers.RandomSampler(seed=seed))
+        metric, mode = space.metric, space.mode
+        algorithm = OptunaSearch(space=to_optuna(space), metric=metric, mode=mode, sampler=sampler)
+        trial_scheduler = (
+            ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_epochs,
+                          grace_period=grace_period, reduction_factor=2)
+            if scheduler == "asha" else FIFOScheduler()
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=algorithm, scheduler=trial_scheduler, num_samples=trials,
+                                        max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage_path),
+                                      failure_config=tune.FailureConfig(max_failures=1)),
+        )
+    grid = tuner.fit()
+    records = []
+    for result in grid:
+        records.append(TrialRecord(
+            trial_id=os.path.basename(result.path).split("_")[1] if result.path else "?",
+            params=dict(result.config or {}),
+            history=result.metrics_dataframe,
+            error=None if result.error is None else str(result.error).splitlines()[0],
+        ))
+    return records

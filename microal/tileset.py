@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from microal.config import ProjectConfig, TilingConfig
+from microal.config import PreprocessConfig, ProjectConfig, TilingConfig
 from microal.errors import InputError
 from microal.imageio import read_image, read_mask
+from microal.preprocess import domain_stats, image_stats, normalisation_table, prepare_intensities
 from microal.tiling import TileGrid, resample_image, resample_mask, scale_factor
 
 
@@ -35,6 +36,7 @@ class TileSet:
     images: pd.DataFrame
     tiles: pd.DataFrame
     tiling: TilingConfig
+    preprocess: PreprocessConfig
 
     def grid(self, image_id: str) -> TileGrid:
         row = self.images.loc[image_id]
@@ -42,6 +44,9 @@ class TileSet:
 
     def image_array(self, image_id: str, mmap: bool = True) -> np.ndarray:
         return np.load(self.root / "arrays" / f"{image_id}.image.npy", mmap_mode="r" if mmap else None)
+
+    def domain_stats(self) -> dict[str, tuple[float, float]]:
+        return domain_stats(self.images)
 
     def mask_array(self, image_id: str, mmap: bool = True) -> np.ndarray | None:
         path = self.root / "arrays" / f"{image_id}.mask.npy"
@@ -67,6 +72,7 @@ def _tile_one(row: pd.Series, config: ProjectConfig, arrays: Path) -> tuple[dict
     image = read_image(row.image_path, config.ingest)
     if image.shape != (row.height, row.width):
         raise InputError(row.image_path, "image changed since ingest; run `microal ingest` again")
+    image = prepare_intensities(image, str(row.domain), config.preprocess)
     resampled = resample_image(image, factor, tiling.image_interpolation)
     grid = TileGrid(resampled.shape[0], resampled.shape[1], tiling.tile_size, tiling.margin)
     np.save(arrays / f"{row.image_id}.image.npy", grid.pad_image(resampled).astype(np.float32))
@@ -74,6 +80,7 @@ def _tile_one(row: pd.Series, config: ProjectConfig, arrays: Path) -> tuple[dict
     if labelled:
         mask = resample_mask(read_mask(row.mask_path, config.classes, config.ingest), shape=resampled.shape)
         np.save(arrays / f"{row.image_id}.mask.npy", grid.pad_mask(mask))
+    mean, std = image_stats(resampled)
     # Every catalog column travels along, so splits and reports can use any metadata.
     image_row = {
         **row.to_dict(),
@@ -83,10 +90,10 @@ def _tile_one(row: pd.Series, config: ProjectConfig, arrays: Path) -> tuple[dict
         "width_resampled": grid.width,
         "rows": grid.rows,
         "cols": grid.cols,
-        # Per-image intensity statistics: inputs are standardised with them, so 8- and
+        # Intensity statistics: inputs are standardised per image (or per domain), so 8- and
         # 16-bit micrographs and differently exposed ones look alike to the network.
-        "mean": float(resampled.mean()),
-        "std": float(max(resampled.std(), 1e-6)),
+        "image_mean": mean,
+        "image_std": std,
     }
     tile_rows = [
         {
@@ -121,9 +128,12 @@ def build_tiles(catalog: pd.DataFrame, config: ProjectConfig, out: str | Path, p
             image_row, tiles = _tile_one(row, config, arrays)
             image_rows.append(image_row)
             tile_rows.extend(tiles)
-        pd.DataFrame(image_rows).to_parquet(staging / "images.parquet", index=False)
+        images = pd.DataFrame(image_rows)
+        images["mean"], images["std"] = normalisation_table(images, config.preprocess)
+        images.to_parquet(staging / "images.parquet", index=False)
         pd.DataFrame(tile_rows).to_parquet(staging / "tiles.parquet", index=False)
-        (staging / "tiling.json").write_text(json.dumps(config.tiling.model_dump(mode="json"), indent=2))
+        settings = {**config.tiling.model_dump(mode="json"), "preprocess": config.preprocess.model_dump(mode="json")}
+        (staging / "tiling.json").write_text(json.dumps(settings, indent=2))
         _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -148,5 +158,7 @@ def load_tiles(root: str | Path) -> TileSet:
             raise InputError(root / name, "tile set incomplete or missing; run `microal tile` first")
     images = pd.read_parquet(root / "images.parquet").set_index("image_id", drop=False)
     tiles = pd.read_parquet(root / "tiles.parquet")
-    tiling = TilingConfig.model_validate(json.loads((root / "tiling.json").read_text()))
-    return TileSet(root=root, images=images, tiles=tiles, tiling=tiling)
+    settings = json.loads((root / "tiling.json").read_text())
+    preprocess = PreprocessConfig.model_validate(settings.pop("preprocess", {}))
+    tiling = TilingConfig.model_validate(settings)
+    return TileSet(root=root, images=images, tiles=tiles, tiling=tiling, preprocess=preprocess)

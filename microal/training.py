@@ -59,23 +59,41 @@ class WorkerSession(Protocol):
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None: ...
 
 
-def metric_key(index: int) -> str:
-    return f"val_iou_c{index}"
-
-
 class SegmentationLoss(torch.nn.Module):
-    """Cross-entropy + dice_weight x Dice, both ignoring pixels outside the image."""
+    """(Weighted) cross-entropy + dice_weight x Dice, both ignoring pixels outside the image."""
 
-    def __init__(self, dice_weight: float):
+    def __init__(self, dice_weight: float, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.dice_weight = dice_weight
         self.dice = smp.losses.DiceLoss(mode="multiclass", ignore_index=IGNORE_INDEX)
+        self.register_buffer("class_weights", class_weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=IGNORE_INDEX)
         if self.dice_weight:
             loss = loss + self.dice_weight * self.dice(logits, target)
         return loss
+
+
+def class_weights(cfg: ProjectConfig, train_set: TileDataset) -> torch.Tensor | None:
+    """The cross-entropy weights the config asks for; `balanced` uses the training masks."""
+    setting = cfg.training.class_weights
+    if setting == "none":
+        return None
+    if isinstance(setting, list):
+        return torch.tensor(setting, dtype=torch.float32)
+    share = train_set.source.class_pixel_counts(cfg.num_classes).astype(np.float64)
+    share /= max(share.sum(), 1)
+    present = share > 0
+    weights = np.zeros_like(share)
+    weights[present] = share[present] ** -0.5
+    weights[~present] = weights[present].max() if present.any() else 1.0
+    weights /= max(float((weights * share).sum()), 1e-12)  # an average pixel keeps weight 1
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def make_loss(cfg: ProjectConfig, train_set: TileDataset, device: torch.device) -> SegmentationLoss:
+    return SegmentationLoss(cfg.training.dice_weight, class_weights(cfg, train_set)).to(device)
 
 
 def centre(array: torch.Tensor, margin: int) -> torch.Tensor:
@@ -84,8 +102,18 @@ def centre(array: torch.Tensor, margin: int) -> torch.Tensor:
     return array[..., margin:-margin, margin:-margin]
 
 
-def save_model_file(path: Path, net: torch.nn.Module, config: ProjectConfig | dict, epoch: int, metrics: dict, history: list) -> None:
-    module = getattr(net, "module", net)
+def save_model_file(
+    path: Path,
+    net: torch.nn.Module,
+    config: ProjectConfig | dict,
+    epoch: int,
+    metrics: dict,
+    history: list,
+    domain_stats: dict[str, tuple[float, float]] | None = None,
+) -> None:
+    """A self-contained model file: weights, the project config, and the per-domain intensity
+    statistics that `preprocess.normalize: domain` standardises new images with."""
+    module = unwrap(net)
     config_dict = config if isinstance(config, dict) else config.model_dump(mode="json")
     torch.save(
         {
@@ -95,12 +123,13 @@ def save_model_file(path: Path, net: torch.nn.Module, config: ProjectConfig | di
             "epoch": epoch,
             "metrics": metrics,
             "history": history,
+            "domain_stats": domain_stats or {},
         },
         path,
     )
 
 
-def _all_reduce_sum(array: np.ndarray, device: torch.device) -> np.ndarray:
+def all_reduce_sum(array: np.ndarray, device: torch.device) -> np.ndarray:
     if not (dist.is_available() and dist.is_initialized()):
         return array
     tensor = torch.as_tensor(array, dtype=torch.float64, device=device)
@@ -108,7 +137,7 @@ def _all_reduce_sum(array: np.ndarray, device: torch.device) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
-def _batches(dataset, batch_size: int, rank: int, world: int):
+def shard_batches(dataset, batch_size: int, rank: int, world: int):
     """Validation shards without the padding DistributedSampler adds, so counts are exact."""
     indices = list(range(rank, len(dataset), world))
     for start in range(0, len(indices), batch_size):
@@ -116,38 +145,97 @@ def _batches(dataset, batch_size: int, rank: int, world: int):
         yield torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
 
 
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DistributedDataParallel (or the module itself)."""
+    return getattr(module, "module", module)
+
+
 @torch.no_grad()
-def validate(net, dataset, cfg: ProjectConfig, session: WorkerSession, loss_fn) -> dict[str, float]:
-    net.eval()
+def validate(forward, dataset, cfg: ProjectConfig, session: WorkerSession, loss_fn, prefix: str = "val") -> dict[str, float]:
+    """Loss, mIoU and per-class IoU on tile centres, summed exactly over all workers' shards."""
     margin = cfg.tiling.margin
     counts = PixelCounts.zeros(cfg.num_classes)
     loss_sum, pixel_sum = 0.0, 0
-    for images, masks in _batches(dataset, cfg.training.batch_size, session.world_rank, session.world_size):
+    for images, masks in shard_batches(dataset, cfg.training.batch_size, session.world_rank, session.world_size):
         images, masks = images.to(session.device), masks.to(session.device)
-        logits, masks = centre(net(images), margin), centre(masks, margin)
+        logits, masks = centre(forward(images), margin), centre(masks, margin)
         valid = int((masks != IGNORE_INDEX).sum())
         loss_sum += float(loss_fn(logits, masks)) * valid
         pixel_sum += valid
         counts = counts + PixelCounts.from_masks(logits.argmax(1).cpu(), masks.cpu(), cfg.num_classes)
-    totals = _all_reduce_sum(np.concatenate([counts.as_array().ravel(), [loss_sum, pixel_sum]]), session.device)
+    totals = all_reduce_sum(np.concatenate([counts.as_array().ravel(), [loss_sum, pixel_sum]]), session.device)
     counts = PixelCounts.from_array(totals[:-2].reshape(3, cfg.num_classes))
-    metrics = {"val_loss": float(totals[-2] / max(totals[-1], 1)), "val_miou": counts.miou()}
-    metrics.update({metric_key(i): float(v) for i, v in enumerate(counts.iou())})
+    metrics = {f"{prefix}_loss": float(totals[-2] / max(totals[-1], 1)), f"{prefix}_miou": counts.miou()}
+    metrics.update({f"{prefix}_iou_c{i}": float(v) for i, v in enumerate(counts.iou())})
     return metrics
 
 
-def _restore(session: WorkerSession, net, optimizer, scheduler) -> tuple[int, list[dict]]:
+def restore_state(session: WorkerSession, net: torch.nn.Module, stateful: dict[str, Any]) -> tuple[int, list[dict]]:
+    """Load the latest checkpoint (if Ray hands one over): weights, then each stateful object.
+
+    Returns the number of epochs already done and their history.
+    """
     with session.restored_checkpoint() as checkpoint_dir:
         if checkpoint_dir is None:
             return 0, []
         model = torch.load(checkpoint_dir / MODEL_FILE, map_location="cpu", weights_only=False)
         state = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)
-        getattr(net, "module", net).load_state_dict(model["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        unwrap(net).load_state_dict(model["state_dict"])
+        for key, obj in stateful.items():
+            (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).load_state_dict(state[key])
         if session.world_rank == 0:
-            print(f"resumed from checkpoint after epoch {model['epoch']}", flush=True)
+            print(f"resumed from the checkpoint after epoch {model['epoch']}", flush=True)
         return int(model["epoch"]), list(model["history"])
+
+
+def next_attempt(history: list[dict]) -> int:
+    """0 for a fresh run, +1 after each restore: history rows show which attempt ran each epoch."""
+    return int(history[-1].get("attempt", 0)) + 1 if history else 0
+
+
+def report_epoch(
+    session: WorkerSession,
+    cfg: ProjectConfig,
+    metrics: dict,
+    history: list[dict],
+    net: torch.nn.Module,
+    stateful: dict[str, Any],
+    domain_stats: dict | None,
+    extra_files: dict[str, Any] | None = None,
+    epochs: int | None = None,
+) -> None:
+    """Print the progress line and report metrics with a checkpoint (written by rank 0 only)."""
+    if session.world_rank != 0:
+        session.report(metrics, None)
+        return
+    print(progress_line(metrics, history, epochs or cfg.training.epochs), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        save_model_file(directory / MODEL_FILE, net, cfg, int(metrics["epoch"]), metrics, history, domain_stats)
+        torch.save(
+            {k: (unwrap(v) if isinstance(v, torch.nn.Module) else v).state_dict() for k, v in stateful.items()},
+            directory / STATE_FILE,
+        )
+        for name, blob in (extra_files or {}).items():
+            torch.save(blob, directory / name)
+        session.report(metrics, directory)
+
+
+def training_datasets(job: TrainJob, cfg: ProjectConfig, tileset, rank: int) -> tuple[TileDataset, TileDataset | None]:
+    """The labelled train windows (augmented, sampled as configured) and the validation tiles."""
+    training = cfg.training
+    tiles = tileset.tiles
+    train_tiles = tiles[tiles.image_id.isin(job.train_images) & tiles.labelled]
+    val_tiles = tiles[tiles.image_id.isin(job.val_images) & tiles.labelled]
+    train_set = TileDataset(
+        tileset,
+        train_tiles,
+        augment=load_pipeline(training.augmentation, seed=training.seed + rank),
+        sampling=training.sampling,
+        samples_per_epoch=training.samples_per_epoch if training.sampling == "random" else None,
+        seed=training.seed + 1000 * rank,
+    )
+    return train_set, (TileDataset(tileset, val_tiles) if len(val_tiles) else None)
 
 
 def train_worker(job: TrainJob, session: WorkerSession) -> None:
@@ -165,25 +253,15 @@ def train_worker(job: TrainJob, session: WorkerSession) -> None:
         parameter_groups(net, training.lr, training.encoder_lr_factor), weight_decay=training.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=training.epochs)
-    loss_fn = SegmentationLoss(training.dice_weight)
-
-    tiles = tileset.tiles
-    train_tiles = tiles[tiles.image_id.isin(job.train_images) & tiles.labelled]
-    val_tiles = tiles[tiles.image_id.isin(job.val_images) & tiles.labelled]
-    train_set = TileDataset(
-        tileset,
-        train_tiles,
-        augment=load_pipeline(training.augmentation, seed=training.seed + session.world_rank),
-        sampling=training.sampling,
-        samples_per_epoch=training.samples_per_epoch if training.sampling == "random" else None,
-        seed=training.seed,
-    )
-    val_set = TileDataset(tileset, val_tiles) if len(val_tiles) else None
+    train_set, val_set = training_datasets(job, cfg, tileset, session.world_rank)
+    loss_fn = make_loss(cfg, train_set, session.device)
     loader = session.prepare_loader(
         DataLoader(train_set, batch_size=training.batch_size, shuffle=True, drop_last=len(train_set) > training.batch_size)
     )
 
-    start_epoch, history = _restore(session, net, optimizer, scheduler)
+    stateful = {"optimizer": optimizer, "scheduler": scheduler}
+    start_epoch, history = restore_state(session, net, stateful)
+    attempt = next_attempt(history)
     margin = cfg.tiling.margin
     for epoch in range(start_epoch, training.epochs):
         started = time.time()
@@ -202,16 +280,16 @@ def train_worker(job: TrainJob, session: WorkerSession) -> None:
             loss_sum += float(loss.detach())
             batches += 1
         scheduler.step()
-        loss_total, batch_total = _all_reduce_sum(np.array([loss_sum, batches], dtype=np.float64), session.device)
+        loss_total, batch_total = all_reduce_sum(np.array([loss_sum, batches], dtype=np.float64), session.device)
         metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": float(loss_total / max(batch_total, 1))}
         if val_set is not None:
+            net.eval()
             metrics.update(validate(net, val_set, cfg, session, loss_fn))
         else:
             metrics["val_miou"] = float("nan")
-        metrics["epoch_seconds"] = time.time() - started
-        metrics["lr"] = optimizer.param_groups[1]["lr"]
+        metrics.update(epoch_seconds=time.time() - started, lr=optimizer.param_groups[1]["lr"], attempt=attempt)
         history.append(metrics)
-        _report_epoch(session, net, optimizer, scheduler, cfg, metrics, history)
+        report_epoch(session, cfg, metrics, history, net, stateful, tileset.domain_stats())
 
 
 def progress_line(metrics: dict, history: list[dict], epochs: int, width: int = 20) -> str:
@@ -219,20 +297,12 @@ def progress_line(metrics: dict, history: list[dict], epochs: int, width: int = 
     epoch = int(metrics["epoch"])
     done = round(width * epoch / epochs)
     seconds = float(np.mean([h["epoch_seconds"] for h in history])) if history else metrics["epoch_seconds"]
-    line = f"epoch {epoch}/{epochs} [{'#' * done}{'.' * (width - done)}] train_loss {metrics['train_loss']:.4f}"
+    line = f"epoch {epoch}/{epochs} [{'#' * done}{'.' * (width - done)}]"
+    line += "".join(f" {k} {metrics[k]:.4f}" for k in metrics if k.startswith("train_") and "loss" in k)
     if not math.isnan(metrics.get("val_miou", float("nan"))):
         line += f"  val_loss {metrics['val_loss']:.4f}  val_mIoU {metrics['val_miou']:.4f}"
+    if "val_accuracy" in metrics:
+        line += f"  val_accuracy {metrics['val_accuracy']:.3f}"
+    if not math.isnan(metrics.get("target_miou", float("nan"))):
+        line += f"  target_mIoU {metrics['target_miou']:.4f}"
     return line + f"  {seconds:.0f} s/epoch, ~{seconds * (epochs - epoch):.0f} s left"
-
-
-def _report_epoch(session, net, optimizer, scheduler, cfg, metrics, history) -> None:
-    epoch = int(metrics["epoch"])
-    if session.world_rank != 0:
-        session.report(metrics, None)
-        return
-    print(progress_line(metrics, history, cfg.training.epochs), flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        save_model_file(directory / MODEL_FILE, net, cfg, epoch, metrics, history)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, directory / STATE_FILE)
-        session.report(metrics, directory)

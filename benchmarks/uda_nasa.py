@@ -1,0 +1,117 @@
+"""Domain adaptation benchmark on NASA Super (issue 6).
+
+Source = domain A (Super1 train, validated on Super1 val), target = domain B (Super2
+different_test: other alloys and imaging conditions), used WITHOUT labels for adaptation and
+with labels only for scoring. Source-only, AdaptSegNet and ADVENT runs of the same loop, for
+several seeds, on CPU. Last line:
+
+    uda_nasa miou_source_only=<x> miou_adaptsegnet=<y> miou_advent=<z> rdt_source_only=<a> rdt_best=<b> minutes=<m>
+
+mIoU values are target-domain mIoU averaged over seeds; RDT = (target - source) / source with
+the source reference = source-only mIoU on Super1 test (held out).
+
+Usage: python benchmarks/uda_nasa.py [--seeds 2] [--epochs N] [--out bench-out/uda_nasa]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "datasets" / "nasa-super"
+METHODS = ["source_only", "adaptsegnet", "advent"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "bench-out" / "uda_nasa"))
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, help="override training.epochs")
+    parser.add_argument("--data", default=str(DATA))
+    args = parser.parse_args()
+    data = Path(args.data)
+    if not (data / "manifest.csv").exists():
+        print(f"NASA Super data not found at {data} (expected ../shared/datasets/nasa-super)")
+        return 2
+
+    import pandas as pd
+
+    from microal.catalog import ingest
+    from microal.compare import compare_runs
+    from microal.config import load_config
+    from microal.evaluate import evaluate_predictions, format_table
+    from microal.metrics import relative_domain_transferability
+    from microal.predict import predict_catalog
+    from microal.tileset import build_tiles
+    from microal.train import adapt
+    from microal.workspace import Workspace
+
+    started = time.time()
+    out = Path(args.out).resolve()
+    shutil.rmtree(out, ignore_errors=True)
+    ws = Workspace.at(out)
+    base = load_config(REPO / "examples" / "nasa-super.yaml")
+    training = dict(base.training.model_dump())
+    training.update(BENCH_TRAINING)
+    if args.epochs:
+        training["epochs"] = args.epochs
+    base = base.model_copy(update={"tiling": base.tiling.model_copy(update=BENCH_TILING),
+                                   "uda": base.uda.model_copy(update=BENCH_UDA)})
+
+    catalog, _ = ingest(data / "manifest.csv", base, ws.catalog, progress=False)
+    build_tiles(catalog, base, ws.tiles, progress=False)
+    scored = catalog[catalog.split.isin(["test", "different_test"])]
+
+    rows = []
+    for seed in range(args.seeds):
+        for method in METHODS:
+            name = f"{method}-s{seed}"
+            config = base.model_copy(update={
+                "training": base.training.model_copy(update={**training, "seed": seed}),
+                "uda": base.uda.model_copy(update={"method": method}),
+            })
+            adapt(config, ws.tiles, ws.run(name), str(ws.ray_storage), name)
+            predict_catalog(ws.run(name) / "best_model.pt", scored, ws.predictions(name), progress=False)
+            result = evaluate_predictions(ws.predictions(name), catalog, config, ws.evaluation(name),
+                                          overlays=False, progress=False)
+            per = result.per_domain.set_index("domain")
+            rows.append({"method": method, "seed": seed, "miou_source_test": per.loc["A", "miou"],
+                         "miou_target": per.loc["B", "miou"],
+                         **{f"target_{c}": per.loc["B", c] for c in per.columns if c.startswith("iou_")}})
+            print(f"{name}: source test mIoU {rows[-1]['miou_source_test']:.3f}, target mIoU {rows[-1]['miou_target']:.3f}",
+                  flush=True)
+
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "uda_nasa.csv", index=False)
+    means = table.groupby("method")[["miou_source_test", "miou_target"]].mean()
+    print(format_table(table))
+    compare_runs(ws, catalog, base, [f"{m}-s0" for m in METHODS], ws.evaluation("compare"), source_domain="A",
+                 figure_domain="B", figure_images=3)
+    print(f"side-by-side overlays: {ws.evaluation('compare') / 'compare.png'}")
+
+    source_reference = means.loc["source_only", "miou_source_test"]
+    best = max(["adaptsegnet", "advent"], key=lambda m: means.loc[m, "miou_target"])
+    rdt_source = relative_domain_transferability(means.loc["source_only", "miou_target"], source_reference)
+    rdt_best = relative_domain_transferability(means.loc[best, "miou_target"], source_reference)
+    minutes = (time.time() - started) / 60
+    print(
+        f"uda_nasa miou_source_only={means.loc['source_only', 'miou_target']:.3f} "
+        f"miou_adaptsegnet={means.loc['adaptsegnet', 'miou_target']:.3f} "
+        f"miou_advent={means.loc['advent', 'miou_target']:.3f} "
+        f"rdt_source_only={rdt_source:.3f} rdt_best={rdt_best:.3f} minutes={minutes:.1f}"
+    )
+    return 0
+
+
+# Benchmark-sized settings (CPU, 45 minutes for 3 methods x 2 seeds).
+BENCH_TILING = {"tile_size": 96, "margin": 16}
+BENCH_TRAINING = {"epochs": 20, "batch_size": 8, "samples_per_epoch": 128}
+BENCH_UDA = {}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

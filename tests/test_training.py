@@ -1,0 +1,54 @@
+"""Pieces of the training loop that need no Ray: losses, class weights, datasets, progress."""
+
+import numpy as np
+import pytest
+import torch
+
+from microal.config import parse_config
+from microal.data import TileDataset
+from microal.tileset import load_tiles
+from microal.tiling import IGNORE_INDEX
+from microal.training import SegmentationLoss, class_weights, progress_line
+from conftest import quick_config_dict
+
+
+def test_balanced_class_weights_favour_rare_phases(tiled, synth_dir):
+    ws, catalog, _ = tiled
+    tileset = load_tiles(ws.tiles)
+    dataset = TileDataset(tileset, tileset.tiles[tileset.tiles.labelled])
+    counts = dataset.source.class_pixel_counts(3)
+    share = counts / counts.sum()
+    config = parse_config(quick_config_dict(synth_dir, class_weights="balanced"))
+    weights = class_weights(config, dataset).numpy()
+    assert np.argmax(weights) == np.argmin(share) and np.argmin(weights) == np.argmax(share)
+    assert float((weights * share).sum()) == pytest.approx(1.0)
+    assert class_weights(parse_config(quick_config_dict(synth_dir)), dataset) is None
+
+
+def test_weighted_loss_ignores_padding():
+    logits = torch.zeros(1, 2, 2, 2, requires_grad=True)
+    target = torch.tensor([[[0, 1], [IGNORE_INDEX, IGNORE_INDEX]]])
+    plain = SegmentationLoss(0.0)(logits, target)
+    assert float(plain) == pytest.approx(np.log(2))  # uniform prediction, only two pixels count
+    weighted = SegmentationLoss(0.0, torch.tensor([3.0, 1.0]))(logits, target)
+    assert float(weighted) == pytest.approx(np.log(2))  # a weighted mean of equal losses
+
+
+def test_random_windows_are_reproducible_and_unlabelled_tiles_are_ignored(tiled):
+    ws, _, _ = tiled
+    tileset = load_tiles(ws.tiles)
+    dataset = TileDataset(tileset, tileset.tiles, sampling="random", samples_per_epoch=5, seed=3)
+    first = [dataset[i][0] for i in range(5)]
+    assert all(torch.equal(a, dataset[i][0]) for i, a in enumerate(first))
+    dataset.set_epoch(1)
+    assert not all(torch.equal(a, dataset[i][0]) for i, a in enumerate(first))
+    unlabelled = TileDataset(tileset, tileset.tiles.assign(labelled=False).head(2))  # as a UDA target
+    _, mask = unlabelled[0]
+    assert (mask == IGNORE_INDEX).all()
+
+
+def test_progress_line():
+    history = [{"epoch": 1, "epoch_seconds": 10.0}, {"epoch": 2, "epoch_seconds": 12.0}]
+    line = progress_line({"epoch": 2, "train_loss": 0.5, "val_loss": 0.4, "val_miou": 0.7, "epoch_seconds": 12.0}, history, 4)
+    assert line.startswith("epoch 2/4 [##########..........]")
+    assert "val_mIoU 0.7000" in line and "~22 s left" in line
