@@ -14,31 +14,23 @@ Usage: python benchmarks/pretrain_uhcs.py [--out bench-out/pretrain_uhcs] [--pre
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "datasets" / "uhcs"
-TEST = ["uhcs0295.tif", "uhcs1289.tif", "uhcs0006.tif", "uhcs1648.tif"]
+from common import REPO, UHCS_TEST as TEST, fresh, parser, require_data
+
 # Four labelled images from four samples, each with some of every class.
 FINE_TUNE = ["uhcs0075.tif", "uhcs0124.tif", "uhcs0357.tif", "uhcs1528.tif"]
 VALIDATE = ["uhcs0220.tif", "uhcs0596.tif", "uhcs1150.tif"]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "bench-out" / "pretrain_uhcs"))
-    parser.add_argument("--pretrain-epochs", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs")
-    parser.add_argument("--data", default=str(DATA))
-    args = parser.parse_args()
-    data = Path(args.data)
-    if not (data / "manifest.csv").exists():
-        print(f"UHCS data not found at {data} (expected ../shared/datasets/uhcs)")
-        return 2
+    args_parser = parser(__doc__, "pretrain_uhcs", dataset="uhcs")
+    args_parser.add_argument("--pretrain-epochs", type=int, default=30)
+    args_parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs")
+    args = args_parser.parse_args()
+    data = require_data(args.data)
 
     import pandas as pd
 
@@ -51,8 +43,7 @@ def main() -> int:
     from microal.workspace import Workspace
 
     started = time.time()
-    out = Path(args.out).resolve()
-    shutil.rmtree(out, ignore_errors=True)
+    out = fresh(args.out)
     ws = Workspace.at(out)
 
     # A manifest with this benchmark's roles; image paths point into ../shared (nothing copied).
@@ -62,7 +53,6 @@ def main() -> int:
     names = manifest.image.map(lambda p: Path(p).name)
     manifest["role"] = names.map(lambda n: "test" if n in TEST else "train" if n in FINE_TUNE
                                  else "val" if n in VALIDATE else "pool")
-    out.mkdir(parents=True)
     manifest.to_csv(out / "manifest.csv", index=False)
 
     config = load_config(REPO / "examples" / "uhcs.yaml")

@@ -11,27 +11,17 @@ Usage: python benchmarks/supervised_uhcs.py [--out bench-out/supervised_uhcs] [-
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "datasets" / "uhcs"
-TEST_IMAGES = ["uhcs0295.tif", "uhcs1289.tif", "uhcs0006.tif", "uhcs1648.tif"]
+from common import REPO, UHCS_TEST as TEST_IMAGES, fresh, parser, require_data
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "bench-out" / "supervised_uhcs"))
-    parser.add_argument("--epochs", type=int, help="override training.epochs")
-    parser.add_argument("--data", default=str(DATA))
-    args = parser.parse_args()
-    data = Path(args.data)
-    if not (data / "manifest.csv").exists():
-        print(f"UHCS data not found at {data} (expected ../shared/datasets/uhcs beside the repository)")
-        return 2
+    args_parser = parser(__doc__, "supervised_uhcs", dataset="uhcs")
+    args_parser.add_argument("--epochs", type=int, help="override training.epochs")
+    args = args_parser.parse_args()
+    data = require_data(args.data)
 
     from microal.catalog import ingest
     from microal.config import load_config
@@ -42,9 +32,7 @@ def main() -> int:
     from microal.workspace import Workspace
 
     started = time.time()
-    out = Path(args.out).resolve()
-    shutil.rmtree(out, ignore_errors=True)
-    ws = Workspace.at(out)
+    ws = Workspace.at(fresh(args.out))
     config = load_config(REPO / "examples" / "uhcs.yaml")
     assert sorted(config.split.test.values) == sorted(TEST_IMAGES), "examples/uhcs.yaml must hold out test4A"
     if args.epochs:

@@ -15,28 +15,20 @@ Usage: python benchmarks/uda_nasa.py [--seeds 2] [--epochs N] [--out bench-out/u
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "datasets" / "nasa-super"
+from common import REPO, fresh, parser, require_data
+
 METHODS = ["source_only", "adaptsegnet", "advent"]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "bench-out" / "uda_nasa"))
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--epochs", type=int, help="override training.epochs")
-    parser.add_argument("--data", default=str(DATA))
-    args = parser.parse_args()
-    data = Path(args.data)
-    if not (data / "manifest.csv").exists():
-        print(f"NASA Super data not found at {data} (expected ../shared/datasets/nasa-super)")
-        return 2
+    args_parser = parser(__doc__, "uda_nasa", dataset="nasa-super")
+    args_parser.add_argument("--seeds", type=int, default=2)
+    args_parser.add_argument("--epochs", type=int, help="override training.epochs")
+    args = args_parser.parse_args()
+    data = require_data(args.data)
 
     import pandas as pd
 
@@ -51,8 +43,7 @@ def main() -> int:
     from microal.workspace import Workspace
 
     started = time.time()
-    out = Path(args.out).resolve()
-    shutil.rmtree(out, ignore_errors=True)
+    out = fresh(args.out)
     ws = Workspace.at(out)
     base = load_config(REPO / "examples" / "nasa-super.yaml")
     training = dict(base.training.model_dump())
@@ -60,6 +51,7 @@ def main() -> int:
     if args.epochs:
         training["epochs"] = args.epochs
     base = base.model_copy(update={"tiling": base.tiling.model_copy(update=BENCH_TILING),
+                                   "model": base.model.model_copy(update=BENCH_MODEL),
                                    "uda": base.uda.model_copy(update=BENCH_UDA)})
 
     catalog, _ = ingest(data / "manifest.csv", base, ws.catalog, progress=False)
@@ -109,6 +101,7 @@ def main() -> int:
 
 # Benchmark-sized settings (CPU, 45 minutes for 3 methods x 2 seeds).
 BENCH_TILING = {"tile_size": 96, "margin": 16}
+BENCH_MODEL = {"options": {"decoder_channels": [128, 64, 32, 16, 8]}}
 BENCH_TRAINING = {"epochs": 20, "batch_size": 8, "samples_per_epoch": 128}
 BENCH_UDA = {}
 

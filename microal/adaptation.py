@@ -31,6 +31,7 @@ from microal.training import (
     TrainJob,
     WorkerSession,
     all_reduce_sum,
+    begin_epoch,
     centre,
     make_loss,
     shard_batches,
@@ -43,6 +44,7 @@ from microal.training import (
 )
 
 SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0
+SIGNAL_TILES = 64  # target tiles on which the mean prediction entropy is measured each epoch
 
 
 class MultiLevelSegmenter(nn.Module):
@@ -127,7 +129,9 @@ def target_sets(job: TrainJob, cfg: ProjectConfig, tileset) -> tuple[TileDataset
         tileset, target_tiles.assign(labelled=False), sampling="random",
         samples_per_epoch=cfg.training.samples_per_epoch, seed=cfg.training.seed + 7,
     )
-    signal = TileDataset(tileset, target_tiles.assign(labelled=False))
+    # The label-free signal needs no more than a fixed sample of target tiles.
+    sample = target_tiles.sample(n=min(len(target_tiles), SIGNAL_TILES), random_state=0)
+    signal = TileDataset(tileset, sample.assign(labelled=False))
     val_ids = job.extra.get("target_val_images") or []
     val_tiles = tiles[tiles.image_id.isin(val_ids) & tiles.labelled]
     labelled = TileDataset(tileset, val_tiles) if len(val_tiles) and uda.target_val is not None else None
@@ -251,11 +255,7 @@ def adapt_worker(job: TrainJob, session: WorkerSession) -> None:
 
     for epoch in range(start_epoch, training.epochs):
         started = time.time()
-        for dataset in (source_set, target_set):
-            dataset.set_epoch(epoch)
-        for loader in (source_loader, target_loader):
-            if hasattr(getattr(loader, "sampler", None), "set_epoch"):
-                loader.sampler.set_epoch(epoch)
+        begin_epoch(epoch, [source_set, target_set], [source_loader, target_loader])
         segmenter.train()
         discriminators.train()
         sums = np.zeros(6)  # see adaptation_step

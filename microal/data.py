@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -18,14 +20,24 @@ def standardise(window: np.ndarray, mean: float, std: float) -> np.ndarray:
 class WindowSource:
     """Loads each image's padded arrays once and cuts windows from them."""
 
-    def __init__(self, tileset: TileSet, image_ids: list[str], mask_ids: set[str] | None = None):
-        """Masks are loaded for `mask_ids` only (default: all): a UDA target never sees its labels."""
+    def __init__(
+        self, tileset: TileSet, image_ids: list[str], mask_ids: set[str] | None = None, mask_root: str | None = None
+    ):
+        """Masks are loaded for `mask_ids` only (default: all): a UDA target never sees its labels.
+        With `mask_root` (an active-learning label store) masks come from there instead of the
+        tile set, so only labels revealed so far are used."""
         self.tileset = tileset
         self.window = tileset.tiling.window
         self._images = {i: tileset.image_array(i, mmap=False) for i in image_ids}
         mask_ids = set(image_ids) if mask_ids is None else mask_ids
-        self._masks = {i: tileset.mask_array(i, mmap=False) if i in mask_ids else None for i in image_ids}
+        self._masks = {i: self._mask(i, mask_root) if i in mask_ids else None for i in image_ids}
         self._stats = {i: (float(tileset.images.loc[i, "mean"]), float(tileset.images.loc[i, "std"])) for i in image_ids}
+
+    def _mask(self, image_id: str, mask_root: str | None) -> np.ndarray | None:
+        if mask_root is None:
+            return self.tileset.mask_array(image_id, mmap=False)
+        path = Path(mask_root) / f"{image_id}.mask.npy"
+        return np.load(path) if path.exists() else None
 
     def cut(self, image_id: str, y: int, x: int) -> tuple[np.ndarray, np.ndarray | None]:
         sl = (slice(y, y + self.window), slice(x, x + self.window))
@@ -60,10 +72,11 @@ class TileDataset(Dataset):
         sampling: str = "grid",
         samples_per_epoch: int | None = None,
         seed: int = 0,
+        mask_root: str | None = None,
     ):
         self.tiles = tiles.reset_index(drop=True)
         labelled = set(self.tiles.image_id[self.tiles.labelled.astype(bool)])
-        self.source = WindowSource(tileset, sorted(self.tiles.image_id.unique()), mask_ids=labelled)
+        self.source = WindowSource(tileset, sorted(self.tiles.image_id.unique()), mask_ids=labelled, mask_root=mask_root)
         self.augment = augment
         self.sampling = sampling
         self.samples_per_epoch = samples_per_epoch or len(self.tiles)

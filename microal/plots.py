@@ -115,15 +115,36 @@ def side_by_side(
 def search_curves(histories: dict[str, pd.DataFrame | None], metric: str, path: Path, title: str = "") -> None:
     """The search metric against epoch for every trial; trials stopped early end early (marked x)."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    longest = max((len(h) for h in histories.values() if h is not None), default=0)
+    def length(h):
+        return int(h["epoch"].max()) if "epoch" in h and len(h) else len(h)
+
+    longest = max((length(h) for h in histories.values() if h is not None), default=0)
     for trial, history in sorted(histories.items()):
         if history is None or metric not in history or history.empty:
             continue
-        epochs = np.arange(1, len(history) + 1)
+        epochs = history["epoch"].to_numpy() if "epoch" in history else np.arange(1, len(history) + 1)
         (line,) = ax.plot(epochs, history[metric], "-", lw=1.5, label=trial)
-        if len(history) < longest:
+        if length(history) < longest:
             ax.plot(epochs[-1], history[metric].iloc[-1], "x", color=line.get_color(), ms=9, mew=2)
     ax.set(xlabel="epoch", ylabel=metric, title=title or f"{metric} per trial (x: stopped early)")
     if len(histories) <= 12:
         ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def learning_curves_al(curve: pd.DataFrame, path: Path, full_pool_miou: float | None = None) -> None:
+    """Held-out mIoU against labelled tiles: mean over seeds with min-max spread, per strategy."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for strategy, part in sorted(curve.groupby("strategy"), key=lambda kv: kv[0] != "random"):
+        stats = part.groupby("labelled_tiles").miou.agg(["mean", "min", "max"]).reset_index()
+        style = {"color": "0.4", "ls": "--"} if strategy == "random" else {}
+        (line,) = ax.plot(stats.labelled_tiles, stats["mean"], "o-", ms=4, label=strategy, **style)
+        ax.fill_between(stats.labelled_tiles, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+    if full_pool_miou is not None and np.isfinite(full_pool_miou):
+        ax.axhline(full_pool_miou, color="k", lw=1, label="whole pool labelled")
+        ax.axhline(0.95 * full_pool_miou, color="k", lw=1, ls=":", label="95% of that")
+    seeds = curve.seed.nunique()
+    ax.set(xlabel="labelled tiles", ylabel="held-out mIoU",
+           title=f"active learning vs random ({seeds} seed{'s' if seeds > 1 else ''}; band = min-max)")
+    ax.legend(fontsize=8)
     _save(fig, path)

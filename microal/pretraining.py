@@ -30,6 +30,8 @@ from microal.training import (
     TrainJob,
     WorkerSession,
     all_reduce_sum,
+    begin_epoch,
+    fit_epoch,
     next_attempt,
     report_epoch,
     restore_state,
@@ -136,27 +138,16 @@ def pretrain_worker(job: TrainJob, session: WorkerSession) -> None:
     stateful = {"optimizer": optimizer, "scheduler": scheduler}
     start_epoch, history = restore_state(session, net, stateful)
     attempt = next_attempt(history)
+    def batch_loss(first, second):
+        if labels is None:  # SimCLR: two views of the same windows
+            return nt_xent(net(first), net(second), pre.temperature)
+        return F.cross_entropy(net(first), second)  # classification: a view and its image's label
+
     for epoch in range(start_epoch, pre.epochs):
         started = time.time()
-        train_set.set_epoch(epoch)
-        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        net.train()
-        loss_sum, batches = 0.0, 0
-        for first, second in loader:
-            first, second = first.to(session.device), second.to(session.device)
-            if labels is None:
-                loss = nt_xent(net(first), net(second), pre.temperature)
-            else:
-                loss = F.cross_entropy(net(first), second)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach())
-            batches += 1
+        begin_epoch(epoch, [train_set], [loader])
+        metrics = {"epoch": epoch + 1, "train_loss": fit_epoch(net, loader, optimizer, batch_loss, session)}
         scheduler.step()
-        loss_total, batch_total = all_reduce_sum(np.array([loss_sum, batches], dtype=np.float64), session.device)
-        metrics = {"epoch": epoch + 1, "train_loss": float(loss_total / max(batch_total, 1))}
         if val_set is not None:
             metrics["val_accuracy"] = _accuracy(net, val_set, pre.batch_size, session)
         metrics.update(epoch_seconds=time.time() - started, lr=optimizer.param_groups[0]["lr"], attempt=attempt)

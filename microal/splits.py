@@ -57,7 +57,8 @@ def assign_splits(images: pd.DataFrame, split: SplitConfig) -> pd.Series:
         values = _column(images, split.column, "split.column")
         result[available & values.isin(split.train_values)] = TRAIN
         result[available & values.isin(split.val_values)] = VAL
-        result[available & ~values.isin(split.train_values + split.val_values)] = EXCLUDED
+        result[available & values.isin(split.test_values)] = TEST
+        result[available & ~values.isin(split.train_values + split.val_values + split.test_values)] = EXCLUDED
     else:
         index = images.index[available]
         if len(index):

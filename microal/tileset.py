@@ -106,6 +106,7 @@ def _tile_one(row: pd.Series, config: ProjectConfig, arrays: Path) -> tuple[dict
             "domain": row.domain,
             "sample": row["sample"],
             "labelled": labelled,
+            "scale_factor": float(factor),
         }
         for r, c, y, x in grid.positions()
     ]

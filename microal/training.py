@@ -221,12 +221,44 @@ def report_epoch(
         session.report(metrics, directory)
 
 
+def begin_epoch(epoch: int, datasets: list, loaders: list) -> None:
+    """New random windows and a new shuffle for this epoch (the same on a resumed run)."""
+    for dataset in datasets:
+        dataset.set_epoch(epoch)
+    for loader in loaders:
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+
+def fit_epoch(net: torch.nn.Module, loader, optimizer: torch.optim.Optimizer, batch_loss, session: WorkerSession) -> float:
+    """One pass over the loader; `batch_loss(*batch)` gives each batch's loss. Returns the mean
+    loss over all workers' batches."""
+    net.train()
+    loss_sum, batches = 0.0, 0
+    for batch in loader:
+        loss = batch_loss(*(t.to(session.device) for t in batch))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss.detach())
+        batches += 1
+    total, count = all_reduce_sum(np.array([loss_sum, batches], dtype=np.float64), session.device)
+    return float(total / max(count, 1))
+
+
 def training_datasets(job: TrainJob, cfg: ProjectConfig, tileset, rank: int) -> tuple[TileDataset, TileDataset | None]:
     """The labelled train windows (augmented, sampled as configured) and the validation tiles."""
     training = cfg.training
     tiles = tileset.tiles
-    train_tiles = tiles[tiles.image_id.isin(job.train_images) & tiles.labelled]
-    val_tiles = tiles[tiles.image_id.isin(job.val_images) & tiles.labelled]
+    # Active learning names tiles (labelled ones) and a label store; otherwise whole images.
+    mask_root = job.extra.get("mask_root")
+    if "train_tiles" in job.extra:
+        train_tiles = tiles[tiles.tile_id.isin(job.extra["train_tiles"])].assign(labelled=True)
+        val_tiles = tiles[tiles.tile_id.isin(job.extra.get("val_tiles", []))].assign(labelled=True)
+    else:
+        train_tiles = tiles[tiles.image_id.isin(job.train_images) & tiles.labelled]
+        val_tiles = tiles[tiles.image_id.isin(job.val_images) & tiles.labelled]
     train_set = TileDataset(
         tileset,
         train_tiles,
@@ -234,8 +266,10 @@ def training_datasets(job: TrainJob, cfg: ProjectConfig, tileset, rank: int) -> 
         sampling=training.sampling,
         samples_per_epoch=training.samples_per_epoch if training.sampling == "random" else None,
         seed=training.seed + 1000 * rank,
+        mask_root=mask_root,
     )
-    return train_set, (TileDataset(tileset, val_tiles) if len(val_tiles) else None)
+    val_set = TileDataset(tileset, val_tiles, mask_root=mask_root) if len(val_tiles) else None
+    return train_set, val_set
 
 
 def train_worker(job: TrainJob, session: WorkerSession) -> None:
@@ -263,25 +297,15 @@ def train_worker(job: TrainJob, session: WorkerSession) -> None:
     start_epoch, history = restore_state(session, net, stateful)
     attempt = next_attempt(history)
     margin = cfg.tiling.margin
+
+    def batch_loss(images, masks):
+        return loss_fn(centre(net(images), margin), centre(masks, margin))
+
     for epoch in range(start_epoch, training.epochs):
         started = time.time()
-        train_set.set_epoch(epoch)
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        net.train()
-        loss_sum, batches = 0.0, 0
-        for images, masks in loader:
-            images, masks = images.to(session.device), masks.to(session.device)
-            loss = loss_fn(centre(net(images), margin), centre(masks, margin))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach())
-            batches += 1
+        begin_epoch(epoch, [train_set], [loader])
+        metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": fit_epoch(net, loader, optimizer, batch_loss, session)}
         scheduler.step()
-        loss_total, batch_total = all_reduce_sum(np.array([loss_sum, batches], dtype=np.float64), session.device)
-        metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": float(loss_total / max(batch_total, 1))}
         if val_set is not None:
             net.eval()
             metrics.update(validate(net, val_set, cfg, session, loss_fn))

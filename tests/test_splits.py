@@ -42,8 +42,10 @@ def test_holdout_takes_its_samples_out_of_training():
 
 
 def test_column_method():
-    roles = assign_splits(_images(), SplitConfig(method="column", test={"column": "split", "values": ["test"]}))
+    roles = assign_splits(_images(), SplitConfig(method="column"))
     assert roles.tolist() == [TRAIN] * 6 + [VAL] * 2 + [TEST] * 2 + [UNLABELLED]
+    images = _images().assign(split=["train"] * 6 + ["val"] * 2 + ["other"] * 2 + [""])
+    assert assign_splits(images, SplitConfig(method="column")).tolist()[8:10] == [EXCLUDED] * 2
 
 
 def test_too_few_groups_is_explained():

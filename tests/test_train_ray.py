@@ -19,42 +19,44 @@ def _load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def test_one_worker_trains_checkpoints_and_exports(ray_local, tiled, synth_dir):
+def _checkpoints(run_storage):
+    """Ray's checkpoint folders (beside them: checkpoint_manager_snapshot.json)."""
+    return [p for p in run_storage.glob("checkpoint_*") if p.is_dir()]
+
+
+def test_one_worker_trains_checkpoints_and_exports_then_resumes(ray_local, tiled, synth_dir):
     ws, catalog, _ = tiled
-    config = _config(synth_dir, epochs=3, lr=0.005)
+    config = _config(synth_dir, epochs=2, lr=0.005)
     summary = train(config, ws.tiles, ws.run("one"), str(ws.ray_storage), "one")
 
     history = summary.history
-    assert history.epoch.tolist() == [1, 2, 3]
+    assert history.epoch.tolist() == [1, 2]
     assert history.train_loss.iloc[-1] < history.train_loss.iloc[0]
     assert history.val_miou.notna().all() and history.val_miou.between(0, 1).all()
     assert {"val_iou_c0", "val_iou_c1", "val_iou_c2"} <= set(history.columns)
 
     best = _load(summary.best_model)
     assert best["metrics"]["val_miou"] == pytest.approx(history.val_miou.max())
-    assert _load(ws.run("one") / "last_model.pt")["epoch"] == 3
+    first = _load(ws.run("one") / "last_model.pt")
+    assert first["epoch"] == 2
     assert (ws.run("one") / "learning_curve.png").stat().st_size > 10_000
-    # One Ray checkpoint per epoch reported, the best two and the latest kept.
-    assert 1 <= len(list((ws.ray_storage / "one").glob("checkpoint_*"))) <= 3
+    assert 1 <= len(_checkpoints(ws.ray_storage / "one")) <= 2
 
     splits = pd.read_csv(ws.run("one") / "splits.csv")
     train_samples = set(splits[splits.split == TRAIN]["sample"])
     assert train_samples and not train_samples & set(splits[splits.split != TRAIN]["sample"])
     assert (splits.split == VAL).any()
 
-
-def test_resume_continues_from_the_last_checkpoint(ray_local, tiled, synth_dir):
-    ws, _, _ = tiled
-    train(_config(synth_dir, epochs=2), ws.tiles, ws.run("resume"), str(ws.ray_storage), "resume")
-    first = _load(ws.run("resume") / "last_model.pt")
-
+    # The same run again is refused unless asked to resume; resumed, it continues from its checkpoint.
+    longer = _config(synth_dir, epochs=3, lr=0.005)
     with pytest.raises(MicroalError, match="already exists.*--resume"):
-        train(_config(synth_dir, epochs=3), ws.tiles, ws.run("resume"), str(ws.ray_storage), "resume")
-
-    summary = train(_config(synth_dir, epochs=3), ws.tiles, ws.run("resume"), str(ws.ray_storage), "resume", resume=True)
+        train(longer, ws.tiles, ws.run("one"), str(ws.ray_storage), "one")
+    summary = train(longer, ws.tiles, ws.run("one"), str(ws.ray_storage), "one", resume=True)
     # Epochs 1-2 come from the checkpoint (identical records), only epoch 3 was trained now.
     assert summary.history.epoch.tolist() == [1, 2, 3]
     assert summary.history.iloc[:2].to_dict("records") == pd.DataFrame(first["history"]).to_dict("records")
+    # One Ray checkpoint per epoch reported: the best two and the latest are kept.
+    assert 1 <= len(_checkpoints(ws.ray_storage / "one")) <= 3
 
 
 def test_two_workers_ddp(ray_local, tiled, synth_dir):
