@@ -7,6 +7,7 @@ catalog.parquet, tiles/, runs/<name>/, predictions/<name>/, evaluation/<name>/.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -143,6 +144,182 @@ def cmd_tune(args) -> None:
         print(f"best config (for microal train --config): {summary.out_dir / 'best_config.yaml'}")
 
 
+def _al_project(args, create: bool = False):
+    from microal.al_project import init_project, load_project
+
+    ws = Workspace.at(args.workdir)
+    root = ws.root / "al" / args.name
+    if create:
+        return init_project(root, _config(args), ws.tiles)
+    if not (root / "pool.parquet").exists():
+        raise MicroalError(f"no active-learning project {args.name!r} in {ws.root / 'al'}; run `microal al init` first")
+    return load_project(root, _config(args), ws.tiles)
+
+
+def cmd_al_init(args) -> None:
+    project = _al_project(args, create=True)
+    counts = project.pool.counts()
+    print(f"pool {project.root}: {counts['labelled']} tiles labelled (from expert masks), {counts['unlabelled']} unlabelled")
+
+
+def cmd_al_ensemble(args) -> None:
+    from microal.al_project import train_round_ensemble
+    from microal.evaluate import format_table
+
+    project = _al_project(args)
+    members = None
+    if args.from_search:
+        import pandas as pd
+
+        from microal.ensemble import ensemble_from_search
+        from microal.tune_space import load_space
+
+        ws = Workspace.at(args.workdir)
+        results = ws.root / "tune" / args.from_search / "results.csv"
+        if not results.exists():
+            raise MicroalError(f"{results}: no results of search {args.from_search!r}")
+        metric, mode = "val_miou", "max"
+        if args.space:
+            space = load_space(args.space)
+            metric, mode = space.metric, space.mode
+        members = ensemble_from_search(ws.ray_storage, args.from_search, pd.read_csv(results), args.top, metric, mode)
+    ensemble, report = train_round_ensemble(project, address=args.address, members=members)
+    print(f"round {project.current_round}: ensemble {ensemble.version} of {len(ensemble.members)} members")
+    if report is not None:
+        print("held-out tiles, ensemble against each member:\n" + format_table(report))
+
+
+def cmd_al_score(args) -> None:
+    from microal.al_project import score_round
+
+    project = _al_project(args)
+    if args.address:
+        from microal import ray_backend
+
+        ray_backend.init_ray(args.address)
+    table = score_round(project)
+    folder = project.round_dir(project.current_round)
+    summary = table.groupby("acquisition").score.describe()[["count", "mean", "max"]]
+    print(f"score table: {folder / 'scores.parquet'}\n{summary.to_string()}")
+
+
+def cmd_al_select(args) -> None:
+    from microal.al_project import select_round
+    from microal.evaluate import format_table
+
+    project = _al_project(args)
+    selection = select_round(project, k=args.k, acquisition=args.acquisition)
+    print(format_table(selection[["tile_id", "image_id", "domain", "row", "col", "score"]]))
+    print(f"selection: {project.round_dir(project.current_round) / 'selection.csv'}")
+
+
+def cmd_al_simulate(args) -> None:
+    from microal.al_simulate import Simulation, simulate
+    from microal.evaluate import format_table
+
+    ws = Workspace.at(args.workdir)
+    config = _config(args)
+    sim = Simulation(args.initial, args.batch or config.al.batch_size, args.rounds, tuple(args.strategies), args.seeds)
+    out = ws.root / "al" / args.name
+    curve, summary, full = simulate(config, ws.tiles, out, sim, address=args.address)
+    print(format_table(summary))
+    print(f"whole pool labelled: mIoU {full:.4f}\ncurve: {out / 'curve.csv'}, {out / 'curve.png'}")
+
+
+def _ls_target(args, project):
+    from microal.al_loop import connect
+    from microal.labelstudio_client import LabelStudioClient
+    from microal.labelstudio_server import read_token
+
+    url = args.url or project.config.labelstudio.url
+    client = LabelStudioClient(url, read_token(args.token_file))
+    client.check()
+    return connect(project, client, Workspace.at(args.workdir).root)
+
+
+def cmd_al_push(args) -> None:
+    from microal.al_loop import push
+    from microal.ensemble import Ensemble
+
+    project = _al_project(args)
+    folder = project.round_dir(project.current_round)
+    if not (folder / "selection.csv").exists():
+        raise MicroalError(f"no selection in {folder}; run `microal al select` first")
+    import pandas as pd
+
+    report = push(project, _ls_target(args, project), pd.read_csv(folder / "selection.csv"), Ensemble.load(folder))
+    print(f"queued {len(report.created)} tiles ({len(report.already_there)} were in Label Studio already)")
+
+
+def cmd_al_pull(args) -> None:
+    from microal.al_loop import label_cost, pull
+    from microal.evaluate import format_table
+
+    project = _al_project(args)
+    report = pull(project, _ls_target(args, project))
+    print(f"labelled {len(report.labelled)}, updated {len(report.updated)}, rejected {len(report.rejected)}, "
+          f"waiting for more annotators {len(report.waiting)}")
+    print(f"pool: {project.pool.counts()}\nexpert time per round:\n{format_table(label_cost(project))}")
+
+
+def cmd_al_run(args) -> None:
+    from microal.al_loop import WebhookListener, run_loop
+
+    project = _al_project(args)
+    target = _ls_target(args, project)
+    port = args.webhook_port or project.config.labelstudio.webhook_port
+    listener = None
+    if port:
+        listener = WebhookListener(port)
+        target.client.ensure_webhook(target.project_id, listener.url)
+        print(f"listening for Label Studio webhooks on {listener.url}", flush=True)
+    else:
+        print(f"polling Label Studio every {project.config.labelstudio.poll_seconds:.0f} s", flush=True)
+    try:
+        run_loop(project, target, until_round=args.until_round, address=args.address, listener=listener)
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+def cmd_labelstudio_config(args) -> None:
+    from microal.labelstudio_config import label_config
+
+    print(label_config(_config(args)), end="")
+
+
+def cmd_labelstudio_serve(args) -> None:
+    import signal
+    import threading
+
+    from microal.labelstudio_server import TOKEN_ENV, new_token_file, read_token, start_server
+
+    data_dir = Path(args.data_dir).resolve()
+    token_file = Path(args.token_file) if args.token_file else data_dir / "token"
+    if args.token_file or os.environ.get(TOKEN_ENV):
+        token = read_token(args.token_file)
+    elif token_file.exists():
+        token = read_token(token_file)
+    else:
+        token = new_token_file(token_file)
+        print(f"new API token written to {token_file} (readable by you only)")
+    files_root = Path(args.files_root or args.workdir).resolve()
+    extra = {"SSRF_PROTECTION_ENABLED": "false"} if args.allow_local_webhooks else {}
+    print(f"starting Label Studio on 127.0.0.1:{args.port} (data {data_dir}, tiles served from {files_root}) ...", flush=True)
+    server = start_server(data_dir, args.port, files_root, token, username=args.username, extra_env=extra)
+    print(f"Label Studio is up: {server.url}  (user {args.username}; stop with Ctrl-C)", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        while not done.is_set() and server.process.poll() is None:
+            done.wait(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        print("Label Studio stopped")
+
+
 def cmd_compare(args) -> None:
     from microal.catalog import read_catalog
     from microal.compare import compare_runs
@@ -216,6 +393,65 @@ def _add_tune(p):
     p.add_argument("--storage-path", help="where Ray keeps trials (default <workdir>/ray_results; s3://... on a cluster)")
 
 
+def _add_al(p):
+    sub = p.add_subparsers(dest="al_command", required=True, metavar="STEP")
+
+    def step(name, help_text, handler):
+        q = sub.add_parser(name, help=help_text, description=help_text)
+        q.add_argument("--workdir", "-w", default=DEFAULT_WORKDIR, help=f"work folder (default {DEFAULT_WORKDIR})")
+        _add_config(q)
+        q.add_argument("--name", default="al", help="active-learning project (or experiment) name")
+        q.set_defaults(handler=handler)
+        return q
+
+    step("init", "create the pool: masked images start labelled, the rest unlabelled", cmd_al_init)
+    q = step("ensemble", "train the round's k-fold ensemble on everything labelled (Ray Train)", cmd_al_ensemble)
+    q.add_argument("--address", help="Ray cluster address")
+    q.add_argument("--from-search", help="instead of training, take the best trials of this `microal tune` search")
+    q.add_argument("--top", type=int, default=3, help="how many of the search's trials (with --from-search)")
+    q.add_argument("--space", help="the search's space file (for its metric and mode; default val_miou, max)")
+    q = step("score", "score the unlabelled tiles with the ensemble (Ray actors) into a score table", cmd_al_score)
+    q.add_argument("--address", help="Ray cluster address")
+    q = step("select", "choose the next batch from the score table", cmd_al_select)
+    q.add_argument("--k", type=int, help="tiles to choose (default al.batch_size)")
+    q.add_argument("--acquisition", help="which scores to rank by (default al.acquisition)")
+    for name, help_text, handler in (
+        ("push", "queue the round's selection in Label Studio with pre-annotations", cmd_al_push),
+        ("pull", "bring finished annotations back into the label store", cmd_al_pull),
+        ("run", "keep the loop going: pull, retrain, rescore, push, by itself", cmd_al_run),
+    ):
+        q = step(name, help_text, handler)
+        q.add_argument("--url", help="Label Studio URL (default labelstudio.url)")
+        q.add_argument("--token-file", help="file holding the API token (default: LABEL_STUDIO_TOKEN)")
+        if name == "run":
+            q.add_argument("--until-round", type=int, help="stop after this round's ensemble is trained and its batch pushed")
+            q.add_argument("--webhook-port", type=int, help="listen for webhooks on 127.0.0.1:PORT (default: poll)")
+            q.add_argument("--address", help="Ray cluster address")
+    q = step("simulate", "oracle experiment: acquisition strategies against random on held-out mIoU", cmd_al_simulate)
+    q.add_argument("--initial", type=int, default=8, help="labelled tiles to start from")
+    q.add_argument("--batch", type=int, help="tiles revealed per round (default al.batch_size)")
+    q.add_argument("--rounds", type=int, default=4)
+    q.add_argument("--strategies", nargs="+", default=["bald", "entropy"], help="acquisitions (random is always added)")
+    q.add_argument("--seeds", type=int, default=3)
+    q.add_argument("--address", help="Ray cluster address")
+
+
+def _add_labelstudio(p):
+    sub = p.add_subparsers(dest="ls_command", required=True, metavar="STEP")
+    q = sub.add_parser("config", help="print the labelling config made from the class table")
+    _add_config(q)
+    q.set_defaults(handler=cmd_labelstudio_config)
+    q = sub.add_parser("serve", help="run a local Label Studio (its own venv) on 127.0.0.1 until Ctrl-C")
+    q.add_argument("--data-dir", default="labelstudio-data", help="Label Studio's data folder (SQLite database)")
+    q.add_argument("--port", type=int, default=8080)
+    q.add_argument("--workdir", "-w", default=DEFAULT_WORKDIR, help="served as the Local Files root unless --files-root")
+    q.add_argument("--files-root", help="LOCAL_FILES_DOCUMENT_ROOT: tiles for experts must be below it")
+    q.add_argument("--token-file", help="API token file (default: LABEL_STUDIO_TOKEN, else DATA_DIR/token, made if missing)")
+    q.add_argument("--username", default="expert@microal.local", help="the first user (created at the first start)")
+    q.add_argument("--allow-local-webhooks", action="store_true", help="let Label Studio call webhooks on 127.0.0.1")
+    q.set_defaults(handler=cmd_labelstudio_serve)
+
+
 def _add_compare(p):
     _add_config(p)
     p.add_argument("--runs", nargs="+", required=True, help="run names to compare")
@@ -259,6 +495,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "tune": ("hyperparameter search: Ray Tune + Optuna TPE + ASHA, each trial a Ray Train job", _add_tune, cmd_tune),
     "predict": ("full-size masks and phase fractions from a trained model", _add_predict, cmd_predict),
     "evaluate": ("mIoU, per-class IoU, phase-fraction error, RDT, overlays", _add_evaluate, cmd_evaluate),
+    "al": ("active learning: init, ensemble, score, select, push, pull, run, simulate", _add_al, None),
+    "labelstudio": ("a local Label Studio server, and the labelling config", _add_labelstudio, None),
     "compare": ("score several runs on the same images: table and overlays side by side", _add_compare, cmd_compare),
     "demo": ("synth -> ingest -> tile -> train -> predict -> evaluate on generated data", _add_demo, cmd_demo),
 }
@@ -277,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents = [workdir] if name in _IN_WORKDIR else []
         p = sub.add_parser(name, help=summary, description=summary, parents=parents)
         add_arguments(p)
-        p.set_defaults(handler=handler)
+        if handler is not None:  # groups (al) set their steps' handlers
+            p.set_defaults(handler=handler)
     return parser
 
 

@@ -8,6 +8,7 @@ rejected with the key's dotted name, e.g. ``training.lr: must be > 0``.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,6 +126,7 @@ class SplitConfig(_Strict):
     column: str = "split"
     train_values: list[str] = Field(default_factory=lambda: ["train"])
     val_values: list[str] = Field(default_factory=lambda: ["val"])
+    test_values: list[str] = Field(default_factory=lambda: ["test"])
     test: HoldoutConfig | None = None
 
     @model_validator(mode="after")
@@ -211,6 +213,46 @@ class PretrainConfig(_Strict):
     use_unlabelled: bool = True  # images without masks take part (they are the point of SSL)
 
 
+class ActiveLearningConfig(_Strict):
+    """How the next tiles for experts are chosen (microal al ...)."""
+
+    acquisition: str = "bald"  # entropy, bald, variance, margin, random
+    reduction: Literal["mean", "max", "topk_mean"] = "mean"  # pixel map -> tile score
+    top_fraction: float = Field(0.1, gt=0, le=1)  # for topk_mean
+    batch_size: int = Field(8, ge=1)  # tiles per round
+    members: int = Field(3, ge=1)  # ensemble members (k-fold bagging)
+    per_image_cap: int | None = Field(None, ge=1)  # at most this many tiles of one micrograph per round
+    diversity: Literal["kcenter", "none"] = "kcenter"
+    candidates_factor: int = Field(5, ge=1)  # k-center picks among the top batch_size x factor
+    stratify_by_domain: bool = False
+    score_batch_size: int = Field(64, ge=1)
+    scoring_actors: int | None = Field(None, ge=1)  # default: one per CPU (or GPU)
+
+    @field_validator("acquisition")
+    @classmethod
+    def _known_acquisition(cls, value):
+        from microal.acquisition import ACQUISITIONS
+
+        if value not in ACQUISITIONS:
+            raise ValueError(f"unknown acquisition {value!r}; valid: {sorted(ACQUISITIONS)}")
+        return value
+
+
+class LabelStudioConfig(_Strict):
+    """Where experts label (microal al push / pull / run). The API token is never part of a
+    config: it comes from LABEL_STUDIO_TOKEN or --token-file."""
+
+    url: str = "http://127.0.0.1:8080"
+    project_title: str | None = None  # default: "microal <al project name>"
+    # The server's LOCAL_FILES_DOCUMENT_ROOT; tiles for experts are written below it
+    # (default: the work folder, which `microal labelstudio serve` uses as its root).
+    files_root: str | None = None
+    annotators_per_tile: int = Field(1, ge=1)
+    min_new_annotations: int = Field(8, ge=1)  # retrain when this many tiles got new labels
+    poll_seconds: float = Field(30.0, gt=0)
+    webhook_port: int | None = Field(None, ge=1, le=65535)  # listen on 127.0.0.1:port; else poll
+
+
 class ProjectConfig(_Strict):
     classes: list[ClassSpec] = Field(min_length=2)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
@@ -221,6 +263,8 @@ class ProjectConfig(_Strict):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     uda: UdaConfig = Field(default_factory=UdaConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    al: ActiveLearningConfig = Field(default_factory=ActiveLearningConfig)
+    labelstudio: LabelStudioConfig = Field(default_factory=LabelStudioConfig)
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -252,7 +296,7 @@ class ProjectConfig(_Strict):
         return len(self.classes)
 
 
-def _format_validation_error(source: str, error: ValidationError) -> str:
+def format_validation_error(source: str, error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
@@ -270,7 +314,22 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ProjectConfig:
     try:
         return ProjectConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_format_validation_error(source, error)) from None
+        raise ConfigError(format_validation_error(source, error)) from None
+
+
+def apply_overrides(config: ProjectConfig | dict, params: dict[str, Any], source: str = "overrides") -> ProjectConfig:
+    """The project config with each dotted key (`training.lr`) set to a value, validated again:
+    a search's sampled point, a benchmark's settings."""
+    data = copy.deepcopy(config if isinstance(config, dict) else config.model_dump(mode="json"))
+    for key, value in params.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: {key}: {part} is not a section")
+        node[leaf] = value.item() if hasattr(value, "item") else value
+    return parse_config(data, source=source)
 
 
 def load_config(path: str | Path) -> ProjectConfig:

@@ -182,10 +182,10 @@ def _trial(params: dict, context: dict) -> None:
 
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from microal.tune_space import apply_params
+    from microal.config import apply_overrides
 
     trial_id = ray.tune.get_context().get_trial_id()
-    config = apply_params(context["base_config"], params, source=f"trial {trial_id}")
+    config = apply_overrides(context["base_config"], params, source=f"trial {trial_id}")
     job = dataclasses.replace(context["job"], config=config.model_dump(mode="json"))
     job.cpus_per_worker = max(1, int(context["cpus_per_worker"]))
     training = config.training
@@ -208,6 +208,18 @@ def _trial(params: dict, context: dict) -> None:
         ),
     )
     trainer.fit()
+
+
+def _trial_id(result) -> str:
+    """Tune's id of a trial ("5c1d0_00000"), from its metrics or, for a trial that never
+    reported, from its folder name."""
+    import re
+
+    reported = (result.metrics or {}).get("trial_id")
+    if reported:
+        return str(reported)
+    match = re.search(r"([0-9a-f]{5}_\d{5})", os.path.basename(result.path or ""))
+    return match.group(1) if match else "?"
 
 
 def run_search(
@@ -273,9 +285,87 @@ def run_search(
     records = []
     for result in grid:
         records.append(TrialRecord(
-            trial_id=os.path.basename(result.path).split("_")[1] if result.path else "?",
+            trial_id=_trial_id(result),
             params=dict(result.config or {}),
             history=result.metrics_dataframe,
             error=None if result.error is None else str(result.error).splitlines()[0],
         ))
     return records
+
+
+# ---- several Train jobs at once (ensemble members) ------------------------------------------
+
+
+def fit_many(runs: list[tuple], storage_path: str, training, quiet: bool = False) -> list[FitOutcome]:
+    """Run several independent Train jobs concurrently, as many as the cluster has room for.
+
+    runs: (loop, job, name, run_dir). Each job's workers share the cluster's CPUs (or take a GPU
+    each); on a GPU cluster every member trains on its own GPU at the same time.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    total = cluster_cpus()
+    per_run = training.num_workers
+    concurrency = max(1, min(len(runs), total // per_run)) if not training.use_gpu else len(runs)
+    cpus = training.cpus_per_worker or max(1, total // (concurrency * per_run))
+
+    def one(run):
+        loop, job, name, run_dir = run
+        return fit(loop, job, storage_path, name, run_dir, per_run, training.use_gpu, cpus, training.max_failures)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as executor:
+        return list(executor.map(one, runs))
+
+
+# ---- scoring a pool with an ensemble in actors -----------------------------------------------
+
+
+@ray.remote
+class _ScoringActor:
+    """Holds the ensemble's members; reads tile windows from the (shared) tile folder itself."""
+
+    def __init__(self, member_files: list[str], tiles_root: str, threads: int, use_gpu: bool):
+        from microal.scoring import TileScorer
+
+        device = "cuda" if use_gpu else "cpu"
+        self.scorer = TileScorer(member_files, tiles_root, device=device, threads=threads)
+
+    def call(self, method: str, *args, **kwargs):
+        return getattr(self.scorer, method)(*args, **kwargs)
+
+
+def map_tiles(
+    member_files: list[str],
+    tiles_root: str,
+    tile_ids: list[str],
+    method: str,
+    kwargs: dict | None = None,
+    batch_size: int = 64,
+    actors: int | None = None,
+    threads_per_actor: int = 1,
+    use_gpu: bool = False,
+) -> list:
+    """Apply a TileScorer method to batches of tiles in long-lived actors (an ActorPool), in order.
+
+    Each actor loads the members once; only tile ids travel, the actors read the windows.
+    """
+    from ray.util import ActorPool
+
+    kwargs = kwargs or {}
+    batches = [tile_ids[i : i + batch_size] for i in range(0, len(tile_ids), batch_size)]
+    if not batches:
+        return []
+    if actors is None:
+        actors = max(1, int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1) // (1 if use_gpu else threads_per_actor)))
+    actors = max(1, min(actors, len(batches)))
+    options = {"num_gpus": 1, "num_cpus": threads_per_actor} if use_gpu else {"num_cpus": threads_per_actor}
+    handles = [
+        _ScoringActor.options(**options).remote(list(map(str, member_files)), tiles_root, threads_per_actor, use_gpu)
+        for _ in range(actors)
+    ]
+    pool = ActorPool(handles)
+    try:
+        return list(pool.map(lambda actor, batch: actor.call.remote(method, batch, **kwargs), batches))
+    finally:
+        for handle in handles:
+            ray.kill(handle)

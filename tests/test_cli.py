@@ -49,7 +49,7 @@ def test_steps_one_by_one(ray_local, synth_dir, tmp_path, capsys):
 def test_readme_demo_command(tmp_path):
     """`microal demo` end to end, as the README runs it (fewer epochs to keep the suite short)."""
     result = subprocess.run(
-        [sys.executable, "-m", "microal.cli", "demo", "--out", str(tmp_path / "demo"), "--epochs", "3"],
+        [sys.executable, "-m", "microal.cli", "demo", "--out", str(tmp_path / "demo"), "--epochs", "2"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,0 +1,94 @@
+"""`microal tune`: a hyperparameter search over a space file, each trial a Ray Train job.
+
+Writes into <workdir>/tune/<name>/: results.csv (one row per trial: settings, best metric,
+epochs run, status), best_config.yaml (a whole project config `microal train` accepts as it
+is), trials.png (the metric against epoch for every trial; early-stopped ones end early).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from microal import ray_backend
+from microal.config import ProjectConfig, apply_overrides, save_config
+from microal.errors import MicroalError
+from microal.files import atomic_path
+from microal.plots import search_curves
+from microal.train import JOB_BUILDERS
+from microal.tune_space import SearchSpace
+
+
+@dataclass
+class SearchSummary:
+    out_dir: Path
+    results: pd.DataFrame
+    best_config: ProjectConfig | None
+
+
+def trial_history(history: pd.DataFrame | None) -> pd.DataFrame | None:
+    """One row per epoch: a trial restored after an interruption resumes its Train run from a
+    checkpoint, so Tune may hold only the later epochs, or an epoch twice."""
+    if history is None or history.empty or "epoch" not in history:
+        return history
+    return history.sort_values("epoch").drop_duplicates("epoch", keep="last").reset_index(drop=True)
+
+
+def results_table(records, space: SearchSpace, max_epochs: int) -> pd.DataFrame:
+    rows = []
+    pick = max if space.mode == "max" else min
+    for record in records:
+        history = trial_history(record.history)
+        values = history[space.metric].dropna().tolist() if history is not None and space.metric in history else []
+        epochs = int(history["epoch"].max()) if history is not None and "epoch" in history and len(history) else 0
+        status = "error" if record.error else ("finished" if epochs >= max_epochs else "stopped early")
+        rows.append({"trial_id": record.trial_id, **record.params, f"best_{space.metric}": pick(values) if values else float("nan"),
+                     "epochs": epochs, "status": status, "error": record.error or ""})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table = table.sort_values(f"best_{space.metric}", ascending=space.mode == "min", na_position="last")
+    return table.reset_index(drop=True)
+
+
+def tune(
+    config: ProjectConfig,
+    space: SearchSpace,
+    tiles_root: Path,
+    out_dir: Path,
+    storage_path: str,
+    name: str,
+    trials: int,
+    concurrency: int = 1,
+    resume: bool = False,
+    address: str | None = None,
+    search: str = "tpe",
+    scheduler: str = "asha",
+    grace_period: int = 2,
+    seed: int = 0,
+) -> SearchSummary:
+    spec = JOB_BUILDERS[space.job](config, tiles_root)
+    max_epochs = config.pretrain.epochs if space.job == "pretrain" else config.training.epochs
+    ray_backend.init_ray(address)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"search {name}: {trials} trials of {space.job} over {list(space.params)}; "
+          f"{search.upper()} + {scheduler.upper()} on {space.metric} ({space.mode}), {concurrency} at a time", flush=True)
+    records = ray_backend.run_search(
+        space, config, spec.loop, spec.job, storage_path, name, trials, concurrency, max_epochs,
+        (space.metric, space.mode), search=search, scheduler=scheduler, grace_period=grace_period, seed=seed,
+        resume=resume,
+    )
+    table = results_table(records, space, max_epochs)
+    with atomic_path(out_dir / "results.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    search_curves({r.trial_id: trial_history(r.history) for r in records}, space.metric, out_dir / "trials.png", title=name)
+    best = None
+    ranked = table.dropna(subset=[f"best_{space.metric}"])
+    if not ranked.empty:
+        params = {k: ranked.iloc[0][k] for k in space.params}
+        best = apply_overrides(config, params, source="best trial")
+        save_config(best, out_dir / "best_config.yaml")
+    elif records:
+        raise MicroalError(f"search {name}: no trial reported {space.metric}; see {out_dir / 'results.csv'}")
+    return SearchSummary(out_dir, table, best)

@@ -1,0 +1,60 @@
+"""Run by tests/test_fault_tolerance.py in its own process: a two-node Ray cluster on this
+machine, `microal train` against it, the worker node killed mid-training and replaced.
+
+Usage: python fault_tolerance_run.py CONFIG.yaml WORKDIR  -> prints one JSON line at the end.
+"""
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ray.cluster_utils import Cluster
+
+from microal import ray_backend
+from microal.config import load_config
+from microal.train import train
+from microal.workspace import Workspace
+
+
+def main() -> None:
+    config = load_config(sys.argv[1])
+    ws = Workspace.at(sys.argv[2])
+    # Head without CPUs: the Train workers can only run on the worker node.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray_backend.init_ray(address=cluster.address)
+    outcome = {}
+
+    def run():
+        try:
+            outcome["summary"] = train(config, ws.tiles, ws.run("ft"), str(ws.ray_storage), "ft")
+        except Exception as error:  # reported to the test, which fails on it
+            outcome["error"] = repr(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    storage = ws.ray_storage / "ft"
+    deadline = time.time() + 300
+    while len([p for p in storage.glob("checkpoint_*") if p.is_dir()]) < 3 and time.time() < deadline and thread.is_alive():
+        time.sleep(0.2)
+    checkpoints_at_kill = len([p for p in storage.glob("checkpoint_*") if p.is_dir()])
+    cluster.remove_node(worker, allow_graceful=False)  # the worker node's processes are killed
+    killed_at = time.time()
+    time.sleep(3)
+    cluster.add_node(num_cpus=2)  # a replacement node joins
+    thread.join(timeout=600)
+    report = {"checkpoints_at_kill": checkpoints_at_kill, "error": outcome.get("error")}
+    if "summary" in outcome:
+        history = outcome["summary"].history
+        report["history"] = history[["epoch", "attempt"]].to_dict("records")
+        report["seconds_after_kill"] = time.time() - killed_at
+    ray_backend.shutdown_ray()
+    cluster.shutdown()
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
