@@ -1,0 +1,187 @@
+"""`microal al simulate`: the standard oracle experiment for active learning.
+
+Start from `initial` labelled tiles (random, the same for every strategy of a seed), hide the
+masks of the rest of the pool, and in each round: train the ensemble on what is labelled,
+score it on a fixed held-out set, score the pool, select `batch` tiles, reveal their masks.
+Repeat for every acquisition strategy against random, over several seeds.
+
+Output in <workdir>/al/<name>/: curve.csv (strategy, seed, round, labelled tiles, fraction of
+the pool, held-out mIoU, ensemble and members), curve.png (mean and spread per strategy), and
+per strategy/seed the pool state, label store and ensembles; a stopped experiment resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from microal import ray_backend
+from microal.config import ProjectConfig
+from microal.ensemble import Ensemble, ensemble_report, train_ensemble
+from microal.errors import ConfigError
+from microal.files import atomic_path
+from microal.metrics import PixelCounts
+from microal.plots import learning_curves_al
+from microal.pool import LABELLED, LabelStore, Pool
+from microal.scoring import score_table
+from microal.selection import SelectionSettings, select_batch
+from microal.splits import TEST, TRAIN, VAL
+from microal.tileset import TileSet, load_tiles
+from microal.train import split_table
+
+CURVE_FILE = "curve.csv"
+
+
+@dataclass(frozen=True)
+class Simulation:
+    initial: int
+    batch: int
+    rounds: int
+    strategies: tuple[str, ...]
+    seeds: int
+
+
+def pool_and_test_tiles(tileset: TileSet, config: ProjectConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pool: tiles of labelled train/val images (masks hidden); held-out: tiles of test images."""
+    splits = split_table(tileset, config).set_index("image_id").split
+    tiles = tileset.tiles[tileset.tiles.labelled]
+    role = tiles.image_id.map(splits)
+    pool, test = tiles[role.isin([TRAIN, VAL])], tiles[role == TEST]
+    if test.empty:
+        raise ConfigError("al simulate: the split holds out no test image (split.test) to measure mIoU on")
+    return pool.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def heldout_counts(ensemble: Ensemble, tiles_root: Path, test: pd.DataFrame, config: ProjectConfig) -> np.ndarray:
+    parts = ray_backend.map_tiles(
+        [str(m) for m in ensemble.members], str(tiles_root), test.tile_id.tolist(), "pixel_counts",
+        batch_size=config.al.score_batch_size, actors=config.al.scoring_actors, use_gpu=config.training.use_gpu,
+    )
+    return np.sum(parts, axis=0)
+
+
+def score_pool(ensemble: Ensemble, tiles_root: Path, pool_tiles: pd.DataFrame, candidates: list[str],
+               config: ProjectConfig, acquisition: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    al = config.al
+    batches = ray_backend.map_tiles(
+        [str(m) for m in ensemble.members], str(tiles_root), candidates, "score",
+        kwargs={"acquisitions": [acquisition], "reduction": al.reduction, "top_fraction": al.top_fraction, "seed": seed},
+        batch_size=al.score_batch_size, actors=al.scoring_actors, use_gpu=config.training.use_gpu,
+    )
+    table, embeddings = score_table(batches, pool_tiles, ensemble.version)
+    return table, embeddings
+
+
+def _append_curve(out_dir: Path, row: dict) -> pd.DataFrame:
+    path = out_dir / CURVE_FILE
+    curve = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    curve = pd.concat([curve, pd.DataFrame([row])], ignore_index=True)
+    with atomic_path(path) as tmp:
+        curve.to_csv(tmp, index=False)
+    return curve
+
+
+def _done(out_dir: Path, strategy: str, seed: int) -> set[int]:
+    path = out_dir / CURVE_FILE
+    if not path.exists():
+        return set()
+    curve = pd.read_csv(path)
+    return set(curve[(curve.strategy == strategy) & (curve.seed == seed)]["round"].astype(int))
+
+
+def run_strategy(config, tiles_root, tileset, pool_tiles, test_tiles, out_dir, strategy, seed, sim, address) -> None:
+    al = config.al
+    folder = out_dir / f"{strategy}-s{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pool = Pool.load(folder / "pool.parquet") if (folder / "pool.parquet").exists() else Pool.create(folder / "pool.parquet", pool_tiles)
+    labels = LabelStore(folder / "labels", tileset)
+    if not pool.ids(LABELLED):
+        initial = np.random.default_rng(seed).choice(pool_tiles.tile_id.to_numpy(), size=sim.initial, replace=False).tolist()
+        labels.reveal_from_truth(pool_tiles.set_index("tile_id", drop=False).loc[initial])
+        pool.mark_labelled(initial, 0, note="initial")
+    done = _done(out_dir, strategy, seed)
+    for round_ in range(sim.rounds + 1):
+        labelled_ids = pool.table[(pool.table.state == LABELLED) & (pool.table["round"] <= round_)].tile_id.tolist()
+        if round_ not in done:
+            # Round 0 has the same labelled tiles for every strategy of this seed: train it once.
+            ensemble_dir = out_dir / f"shared-s{seed}-round0" if round_ == 0 else folder / f"round-{round_}"
+            labelled = pool_tiles[pool_tiles.tile_id.isin(labelled_ids)]
+            ensemble = train_ensemble(config, tiles_root, labelled, ensemble_dir, al.members, seed=seed * 100 + round_,
+                                      mask_root=str(labels.root), address=address, quiet=True)
+            counts = heldout_counts(ensemble, tiles_root, test_tiles, config)
+            report = ensemble_report(counts, config.class_names)
+            row = {"strategy": strategy, "seed": seed, "round": round_, "labelled_tiles": len(labelled_ids),
+                   "pool_fraction": len(labelled_ids) / len(pool_tiles), "miou": PixelCounts.from_array(counts[0]).miou(),
+                   "mean_member_miou": float(report.miou.iloc[1:].mean()), "model_version": ensemble.version}
+            _append_curve(out_dir, row)
+            print(f"al simulate {strategy} seed {seed} round {round_}: {len(labelled_ids)} labelled tiles, "
+                  f"held-out mIoU {row['miou']:.4f} (members {row['mean_member_miou']:.4f})", flush=True)
+        if round_ == sim.rounds:
+            break
+        if pool.table["round"].max() > round_:
+            continue  # this round's batch was already selected and revealed before a restart
+        ensemble = Ensemble.load(out_dir / f"shared-s{seed}-round0" if round_ == 0 else folder / f"round-{round_}")
+        candidates = pool.ids("unlabelled")
+        table, embeddings = score_pool(ensemble, tiles_root, pool_tiles, candidates, config, strategy, seed * 100 + round_)
+        with atomic_path(folder / f"scores-round-{round_}.parquet") as tmp:
+            table.to_parquet(tmp, index=False)
+        settings = SelectionSettings(k=sim.batch, per_image_cap=al.per_image_cap,
+                                     diversity="none" if strategy == "random" else al.diversity,
+                                     candidates_factor=al.candidates_factor, stratify_by_domain=al.stratify_by_domain)
+        chosen = select_batch(table, settings, exclude=set(pool.table.tile_id[pool.table.state != "unlabelled"]),
+                              embeddings=embeddings, labelled=labelled_ids)
+        labels.reveal_from_truth(pool_tiles.set_index("tile_id", drop=False).loc[chosen])
+        pool.mark_labelled(chosen, round_ + 1, note=strategy)
+
+
+def full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address) -> float:
+    """mIoU of an ensemble trained on the whole pool with its true masks: the ceiling."""
+    ensemble = train_ensemble(config, tiles_root, pool_tiles, out_dir / "full-pool", config.al.members, seed=12345,
+                              mask_root=None, address=address, quiet=True)
+    return PixelCounts.from_array(heldout_counts(ensemble, tiles_root, test_tiles, config)[0]).miou()
+
+
+def summarise(curve: pd.DataFrame, full_pool_miou: float) -> pd.DataFrame:
+    """Per strategy: normalised area under the learning curve (mean mIoU over the labelled
+    fraction axis, averaged over seeds) and the pool fraction first reaching 95% of full-pool mIoU."""
+    rows = []
+    for strategy, part in curve.groupby("strategy"):
+        aulcs, fractions = [], []
+        for _, run in part.groupby("seed"):
+            run = run.sort_values("pool_fraction")
+            x, y = run.pool_fraction.to_numpy(), run.miou.to_numpy()
+            aulcs.append(float(np.trapezoid(y, x) / (x[-1] - x[0])) if len(x) > 1 else float(y[0]))
+            reached = run[run.miou >= 0.95 * full_pool_miou]
+            fractions.append(float(reached.pool_fraction.iloc[0]) if len(reached) else float("nan"))
+        rows.append({"strategy": strategy, "aulc": float(np.mean(aulcs)), "aulc_std": float(np.std(aulcs)),
+                     "frac_tiles_to_95pct": float(np.mean(fractions)) if not np.isnan(fractions).any() else float("nan"),
+                     "seeds": len(aulcs)})
+    return pd.DataFrame(rows).sort_values("aulc", ascending=False).reset_index(drop=True)
+
+
+def simulate(config: ProjectConfig, tiles_root: Path, out_dir: Path, sim: Simulation, address: str | None = None,
+             with_full_pool: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    if "random" not in sim.strategies:
+        sim = Simulation(sim.initial, sim.batch, sim.rounds, tuple(sim.strategies) + ("random",), sim.seeds)
+    tileset = load_tiles(tiles_root)
+    pool_tiles, test_tiles = pool_and_test_tiles(tileset, config)
+    needed = sim.initial + sim.batch * sim.rounds
+    if needed > len(pool_tiles):
+        raise ConfigError(f"al simulate: {sim.initial} + {sim.rounds} x {sim.batch} tiles exceed the pool of {len(pool_tiles)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ray_backend.init_ray(address)
+    print(f"al simulate: pool {len(pool_tiles)} tiles, held-out {len(test_tiles)} tiles; strategies {list(sim.strategies)}, "
+          f"{sim.seeds} seed(s), {sim.rounds} rounds of {sim.batch} from {sim.initial}", flush=True)
+    for seed in range(sim.seeds):
+        for strategy in sim.strategies:
+            run_strategy(config, tiles_root, tileset, pool_tiles, test_tiles, out_dir, strategy, seed, sim, address)
+    curve = pd.read_csv(out_dir / CURVE_FILE)
+    full = full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address) if with_full_pool else float("nan")
+    summary = summarise(curve, full)
+    with atomic_path(out_dir / "summary.csv") as tmp:
+        summary.assign(full_pool_miou=full).to_csv(tmp, index=False)
+    learning_curves_al(curve, out_dir / "curve.png", full_pool_miou=full)
+    return curve, summary, full

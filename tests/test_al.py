@@ -1,0 +1,86 @@
+"""Active learning end to end on a local Ray: ensembles, a project's round, and the oracle simulation."""
+
+import pandas as pd
+import pytest
+
+from microal.al_project import init_project, load_project, score_round, select_round, train_round_ensemble
+from microal.al_simulate import Simulation, simulate, summarise
+from microal.config import parse_config
+from microal.ensemble import member_folds
+from microal.errors import MicroalError
+from microal.pool import LABELLED, UNLABELLED
+from conftest import quick_config_dict
+
+
+def _config(synth_dir, **al):
+    raw = quick_config_dict(synth_dir, epochs=2, samples_per_epoch=16)
+    raw["al"] = {"members": 2, "batch_size": 4, "score_batch_size": 32, **al}
+    return parse_config(raw)
+
+
+def test_member_folds_are_grouped_by_image():
+    tiles = pd.DataFrame({"tile_id": [f"t{i}" for i in range(12)], "image_id": [f"i{i // 3}" for i in range(12)]})
+    folds = member_folds(tiles, 3, seed=0)
+    assert len(folds) == 3
+    for train, val in folds:
+        assert not {t[1:] for t in train} & {t[1:] for t in val}
+        train_images = {int(t[1:]) // 3 for t in train}
+        assert not train_images & {int(t[1:]) // 3 for t in val}  # no image on both sides
+    assert sorted(t for _, val in folds for t in val) == sorted(tiles.tile_id)
+    with pytest.raises(MicroalError, match="need at least 3 labelled tiles"):
+        member_folds(tiles.head(2), 3, seed=0)
+
+
+def test_a_project_round(ray_local, tiled, synth_dir, tmp_path):
+    ws, catalog, _ = tiled
+    config = _config(synth_dir)
+    project = init_project(tmp_path / "al", config, ws.tiles)
+    counts = project.pool.counts()
+    # Every pool image came with a mask here, so all its tiles start labelled; unlabel most of
+    # them to have something to select from (as if only a few tiles had masks).
+    keep = project.pool.ids(LABELLED)[:6]
+    project.pool.table.loc[~project.pool.table.tile_id.isin(keep), ["state", "round"]] = [UNLABELLED, -1]
+    project.pool.save()
+    project = load_project(tmp_path / "al", config, ws.tiles)
+    assert counts[LABELLED] > 6 and project.pool.counts()[LABELLED] == 6
+
+    ensemble, report = train_round_ensemble(project)
+    assert len(ensemble.members) == 2 and all(m.exists() for m in ensemble.members)
+    assert report.model.tolist() == ["ensemble", "member 0", "member 1"] and report.miou.between(0, 1).all()
+    again, _ = train_round_ensemble(project)  # a restarted round reuses its ensemble
+    assert again.version == ensemble.version
+
+    table = score_round(project, ensemble)
+    unlabelled = project.pool.ids(UNLABELLED)
+    assert set(table.tile_id) == set(unlabelled) and set(table.acquisition) == {"bald", "random"}
+    assert table.model_version.eq(ensemble.version).all()
+    selection = select_round(project)
+    assert len(selection) == 4 and set(selection.tile_id) <= set(unlabelled)
+    assert (project.round_dir(0) / "selection.csv").exists()
+
+
+def test_oracle_simulation_and_resume(ray_local, tiled, synth_dir, tmp_path):
+    ws, _, _ = tiled
+    config = _config(synth_dir, members=1)  # one member keeps it short; entropy needs no more
+    sim = Simulation(initial=4, batch=4, rounds=1, strategies=("entropy",), seeds=1)
+    curve, summary, full = simulate(config, ws.tiles, tmp_path / "sim", sim, with_full_pool=False)
+    assert sorted(curve.strategy.unique()) == ["entropy", "random"]
+    for _, run in curve.groupby("strategy"):
+        assert run.labelled_tiles.tolist() == [4, 8]
+        assert run.miou.between(0, 1).all()
+    # Round 0 is shared: both strategies start from the same labelled tiles and ensemble.
+    assert curve[curve["round"] == 0].model_version.nunique() == 1
+    assert set(summary.strategy) == {"entropy", "random"} and summary.aulc.between(0, 1).all()
+    assert (tmp_path / "sim" / "curve.png").exists() and (tmp_path / "sim" / "summary.csv").exists()
+
+    again, _, _ = simulate(config, ws.tiles, tmp_path / "sim", sim, with_full_pool=False)
+    pd.testing.assert_frame_equal(again, curve)  # nothing re-run
+
+
+def test_summary_measures():
+    curve = pd.DataFrame({"strategy": ["a"] * 3 + ["random"] * 3, "seed": 0, "pool_fraction": [0.1, 0.2, 0.3] * 2,
+                          "miou": [0.5, 0.7, 0.8, 0.5, 0.6, 0.7]})
+    summary = summarise(curve, full_pool_miou=0.8).set_index("strategy")
+    assert summary.loc["a", "aulc"] == pytest.approx((0.6 + 0.75) / 2)
+    assert summary.loc["a", "frac_tiles_to_95pct"] == pytest.approx(0.3)  # 0.8 >= 0.76 first at 0.3
+    assert pd.isna(summary.loc["random", "frac_tiles_to_95pct"])  # never reached
