@@ -27,9 +27,14 @@ from microal.files import atomic_path
 from microal.pool import LABELLED, QUEUED, REJECTED, UNLABELLED, LabelStore, Pool
 from microal.scoring import score_table
 from microal.selection import SelectionSettings, select_batch
-from microal.splits import EXCLUDED, TEST
+from microal.splits import EXCLUDED, TEST, held_out_splits
 from microal.tileset import TileSet, load_tiles
-from microal.train import split_table
+
+
+def image_held_out_splits(tileset: TileSet, config: ProjectConfig) -> pd.Series:
+    """test / excluded / train by image id. Only the held-out images matter to a pool, so no
+    folds are made: a project can start from masks on a single sample."""
+    return pd.Series(held_out_splits(tileset.images, config.split).to_numpy(), index=tileset.images.image_id)
 
 
 @dataclass
@@ -57,7 +62,7 @@ class ALProject:
 
     def heldout_tiles(self) -> pd.DataFrame:
         """Tiles of the split's test images (with masks): where the ensemble is measured."""
-        splits = split_table(self.tileset, self.config).set_index("image_id").split
+        splits = image_held_out_splits(self.tileset, self.config)
         tiles = self.tileset.tiles[self.tileset.tiles.labelled]
         return tiles[tiles.image_id.map(splits) == TEST]
 
@@ -66,7 +71,7 @@ def init_project(root: Path, config: ProjectConfig, tiles_root: Path) -> ALProje
     """Create the pool: tiles of images with expert masks start labelled (round 0), the
     tiles of the other images are unlabelled. Held-out test images stay out of the pool."""
     tileset = load_tiles(tiles_root)
-    splits = split_table(tileset, config).set_index("image_id").split
+    splits = image_held_out_splits(tileset, config)
     tiles = tileset.tiles[~tileset.tiles.image_id.map(splits).isin([TEST, EXCLUDED])]
     if tiles.empty:
         raise MicroalError("al init: no tiles for the pool (every image is held out)")

@@ -33,8 +33,9 @@ def group_folds(groups: pd.Series, n_folds: int, seed: int) -> np.ndarray:
     return folds
 
 
-def assign_splits(images: pd.DataFrame, split: SplitConfig) -> pd.Series:
-    """A label per image (indexed like `images`): train, val, test, excluded or unlabelled.
+def held_out_splits(images: pd.DataFrame, split: SplitConfig) -> pd.Series:
+    """Only what is held out, with no folds: test and excluded images; every other labelled
+    image is `train` here (what an active-learning pool needs, even with one labelled sample).
 
     Held-out test images take their whole group with them: other images of the same
     group are `excluded`, so no specimen seen at test time was trained on.
@@ -42,27 +43,32 @@ def assign_splits(images: pd.DataFrame, split: SplitConfig) -> pd.Series:
     result = pd.Series(UNLABELLED, index=images.index, dtype=object)
     labelled = images["labelled"].astype(bool)
     groups = _column(images, split.group_by, "split.group_by")
-    available = labelled.copy()
-
+    result[labelled] = TRAIN
     if split.test is not None:
         is_test = labelled & _column(images, split.test.column, "split.test.column").isin(split.test.values)
         if split.test.values and not is_test.any():
             raise ConfigError(f"split.test: no labelled image has {split.test.column} in {split.test.values}")
         result[is_test] = TEST
-        leaked = labelled & ~is_test & groups.isin(set(groups[is_test]))
-        result[leaked] = EXCLUDED
-        available &= ~is_test & ~leaked
-
+        result[labelled & ~is_test & groups.isin(set(groups[is_test]))] = EXCLUDED
     if split.method == "column":
         values = _column(images, split.column, "split.column")
-        result[available & values.isin(split.train_values)] = TRAIN
-        result[available & values.isin(split.val_values)] = VAL
+        available = result == TRAIN
         result[available & values.isin(split.test_values)] = TEST
         result[available & ~values.isin(split.train_values + split.val_values + split.test_values)] = EXCLUDED
+    return result
+
+
+def assign_splits(images: pd.DataFrame, split: SplitConfig) -> pd.Series:
+    """A label per image (indexed like `images`): train, val, test, excluded or unlabelled."""
+    result = held_out_splits(images, split)
+    available = result == TRAIN
+    if split.method == "column":
+        values = _column(images, split.column, "split.column")
+        result[available & values.isin(split.val_values)] = VAL
     else:
         index = images.index[available]
         if len(index):
-            folds = group_folds(groups[index], split.n_folds, split.seed)
+            folds = group_folds(_column(images, split.group_by, "split.group_by")[index], split.n_folds, split.seed)
             result[index] = np.where(folds == split.fold, VAL, TRAIN)
     if not (result == TRAIN).any():
         raise ConfigError("split: no labelled image is left for training")

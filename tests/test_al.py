@@ -7,8 +7,10 @@ from microal.al_project import init_project, load_project, score_round, select_r
 from microal.al_simulate import Simulation, simulate, summarise
 from microal.config import parse_config
 from microal.ensemble import member_folds
-from microal.errors import MicroalError
+from microal.errors import ConfigError, MicroalError
 from microal.pool import LABELLED, UNLABELLED
+from microal.tileset import load_tiles
+from microal.train import split_table
 from conftest import quick_config_dict
 
 
@@ -29,6 +31,20 @@ def test_member_folds_are_grouped_by_image():
     assert sorted(t for _, val in folds for t in val) == sorted(tiles.tile_id)
     with pytest.raises(MicroalError, match="need at least 3 labelled tiles"):
         member_folds(tiles.head(2), 3, seed=0)
+
+
+def test_a_project_starts_without_enough_groups_for_folds(tiled, synth_dir, tmp_path):
+    """Masks on one or two samples are a normal start: init needs the hold-out, not folds."""
+    ws, catalog, _ = tiled
+    raw = quick_config_dict(synth_dir)
+    raw["split"]["n_folds"] = catalog["sample"].nunique() + 1  # more folds than samples
+    config = parse_config(raw)
+    with pytest.raises(ConfigError, match="split.n_folds"):
+        split_table(load_tiles(ws.tiles), config)
+    project = init_project(tmp_path / "al", config, ws.tiles)
+    test_images = set(catalog.image_id[catalog["sample"].isin(raw["split"]["test"]["values"])])
+    assert test_images and not test_images & set(project.tiles(project.pool.ids(LABELLED)).image_id)
+    assert set(project.heldout_tiles().image_id) == test_images
 
 
 def test_a_project_round(ray_local, tiled, synth_dir, tmp_path):

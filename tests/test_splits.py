@@ -3,7 +3,7 @@ import pytest
 
 from microal.config import SplitConfig
 from microal.errors import ConfigError
-from microal.splits import EXCLUDED, TEST, TRAIN, UNLABELLED, VAL, assign_splits
+from microal.splits import EXCLUDED, TEST, TRAIN, UNLABELLED, VAL, assign_splits, held_out_splits
 
 
 def _images():
@@ -53,3 +53,20 @@ def test_too_few_groups_is_explained():
         assign_splits(_images(), SplitConfig(n_folds=7))
     with pytest.raises(ConfigError, match="no column 'specimen'"):
         assign_splits(_images(), SplitConfig(group_by="specimen"))
+
+
+def test_held_out_needs_no_folds_so_one_labelled_sample_is_enough():
+    """An active-learning pool starts from masks on a single sample: only the hold-out is needed."""
+    images = _images()
+    images["labelled"] = images["sample"].isin(["s1", "s6"])  # s6 is held out: one sample left
+    config = SplitConfig(n_folds=4, test={"column": "sample", "values": ["s6"]})
+    with pytest.raises(ConfigError, match="split.n_folds: 4 folds need at least 4 groups"):
+        assign_splits(images, config)
+    roles = held_out_splits(images, config)
+    assert roles.tolist() == [TRAIN] * 2 + [UNLABELLED] * 6 + [TEST] * 2 + [UNLABELLED]
+    # The same hold-out as the full assignment wherever that one works.
+    full = _images()
+    config = SplitConfig(n_folds=2, test={"column": "image_name", "values": ["i0.tif"]})
+    assert (held_out_splits(full, config).isin([TEST, EXCLUDED]) == assign_splits(full, config).isin([TEST, EXCLUDED])).all()
+    column = held_out_splits(_images(), SplitConfig(method="column"))
+    assert column.tolist() == [TRAIN] * 8 + [TEST] * 2 + [UNLABELLED]
