@@ -7,7 +7,7 @@ the baseline runs every trial to the end (FIFO), ASHA stops poor ones early. Las
 
     tune best_tpe_asha=<metric> best_baseline=<metric> epochs_tpe_asha=<n> epochs_baseline=<n> minutes=<m>
 
-Usage: python benchmarks/tune_efficiency.py [--trials 8] [--epochs 8] [--out bench-out/tune_efficiency]
+Usage: python benchmarks/tune_efficiency.py [--trials 12] [--epochs 6] [--reduction-factor 3] [--out bench-out/tune_efficiency]
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from common import REPO, fresh, parser, project, require_data
 
 def main() -> int:
     args_parser = parser(__doc__, "tune_efficiency", dataset="uhcs")
-    args_parser.add_argument("--trials", type=int, default=8)
-    args_parser.add_argument("--epochs", type=int, default=8)
+    args_parser.add_argument("--trials", type=int, default=12)
+    args_parser.add_argument("--epochs", type=int, default=6)
+    args_parser.add_argument("--reduction-factor", type=int, default=3)
     args = args_parser.parse_args()
     data = require_data(args.data)
 
@@ -42,7 +43,8 @@ def main() -> int:
     results = {}
     for name, search, scheduler in (("tpe_asha", "tpe", "asha"), ("baseline", "random", "fifo")):
         summary = tune(config, space, out / "tiles", out / "tune" / name, str(out / "ray_results"), name,
-                       trials=args.trials, concurrency=1, search=search, scheduler=scheduler, grace_period=1, seed=0)
+                       trials=args.trials, concurrency=1, search=search, scheduler=scheduler, grace_period=1, seed=0,
+                       reduction_factor=args.reduction_factor)
         table = summary.results
         results[name] = (float(table.best_val_miou.max()), int(table.epochs.sum()))
         print(f"{name}: best val mIoU {results[name][0]:.4f} with {results[name][1]} epochs in all", flush=True)

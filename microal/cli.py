@@ -137,6 +137,7 @@ def cmd_tune(args) -> None:
         config, space, ws.tiles, ws.root / "tune" / args.name, args.storage_path or str(ws.ray_storage), args.name,
         trials=args.trials, concurrency=args.concurrency, resume=args.resume, address=args.address,
         search=args.search, scheduler=args.scheduler, grace_period=args.grace_period, seed=args.seed,
+        reduction_factor=args.reduction_factor,
     )
     print("top trials:\n" + format_table(summary.results.head(args.top)))
     print(f"results: {summary.out_dir / 'results.csv'}; curves: {summary.out_dir / 'trials.png'}")
@@ -387,6 +388,8 @@ def _add_tune(p):
     p.add_argument("--search", choices=["tpe", "random"], default="tpe", help="Optuna sampler (default tpe, seeded)")
     p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="early stopping (default asha)")
     p.add_argument("--grace-period", type=int, default=2, help="epochs before ASHA may stop a trial")
+    p.add_argument("--reduction-factor", type=int, default=3, choices=range(2, 9), metavar="{2..8}",
+                   help="ASHA keeps the best 1/N of trials at each rung (grace, grace x N, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=5, help="rows of the final table")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")

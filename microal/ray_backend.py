@@ -238,6 +238,7 @@ def run_search(
     grace_period: int = 2,
     seed: int = 0,
     resume: bool = False,
+    reduction_factor: int = 3,
 ) -> list[TrialRecord]:
     """Optuna (TPE or random) proposes, ASHA stops poor trials early; every trial is a Train job."""
     import optuna
@@ -265,13 +266,15 @@ def run_search(
             raise MicroalError(f"--resume: no search {name!r} to restore in {storage_path}")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        sampler = (optuna.samplers.TPESampler(seed=seed) if search == "tpe"
-                   else optuna.samplers.RandomSampler(seed=seed))
+        # TPE's first trials are random (optuna's default is 10, the whole of a small search):
+        # a third of the budget, so the model steers the rest.
+        sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, trials // 3)))
+                   if search == "tpe" else optuna.samplers.RandomSampler(seed=seed))
         metric, mode = space.metric, space.mode
         algorithm = OptunaSearch(space=to_optuna(space), metric=metric, mode=mode, sampler=sampler)
         trial_scheduler = (
             ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_epochs,
-                          grace_period=grace_period, reduction_factor=2)
+                          grace_period=grace_period, reduction_factor=reduction_factor)
             if scheduler == "asha" else FIFOScheduler()
         )
         tuner = tune.Tuner(

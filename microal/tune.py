@@ -67,6 +67,7 @@ def tune(
     scheduler: str = "asha",
     grace_period: int = 2,
     seed: int = 0,
+    reduction_factor: int = 3,
 ) -> SearchSummary:
     spec = JOB_BUILDERS[space.job](config, tiles_root)
     max_epochs = config.pretrain.epochs if space.job == "pretrain" else config.training.epochs
@@ -77,7 +78,7 @@ def tune(
     records = ray_backend.run_search(
         space, config, spec.loop, spec.job, storage_path, name, trials, concurrency, max_epochs,
         (space.metric, space.mode), search=search, scheduler=scheduler, grace_period=grace_period, seed=seed,
-        resume=resume,
+        resume=resume, reduction_factor=reduction_factor,
     )
     table = results_table(records, space, max_epochs)
     with atomic_path(out_dir / "results.csv") as tmp:
