@@ -77,3 +77,8 @@ def tiled(synth_dir, tmp_path_factory):
     catalog, _ = ingest(synth_dir / "manifest.csv", config, ws.catalog, progress=False)
     build_tiles(catalog, config, ws.tiles, progress=False)
     return ws, catalog, config
+
+
+def checkpoint_dirs(run_storage: Path) -> list[Path]:
+    """A Ray Train run's checkpoint folders (beside them: checkpoint_manager_snapshot.json)."""
+    return sorted(p for p in Path(run_storage).glob("checkpoint_*") if p.is_dir())

@@ -8,7 +8,7 @@ from microal.config import parse_config
 from microal.errors import MicroalError
 from microal.splits import TRAIN, VAL
 from microal.train import train
-from conftest import quick_config_dict
+from conftest import checkpoint_dirs, quick_config_dict
 
 
 def _config(synth_dir, **training):
@@ -17,11 +17,6 @@ def _config(synth_dir, **training):
 
 def _load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _checkpoints(run_storage):
-    """Ray's checkpoint folders (beside them: checkpoint_manager_snapshot.json)."""
-    return [p for p in run_storage.glob("checkpoint_*") if p.is_dir()]
 
 
 def test_one_worker_trains_checkpoints_and_exports_then_resumes(ray_local, tiled, synth_dir):
@@ -40,7 +35,7 @@ def test_one_worker_trains_checkpoints_and_exports_then_resumes(ray_local, tiled
     first = _load(ws.run("one") / "last_model.pt")
     assert first["epoch"] == 2
     assert (ws.run("one") / "learning_curve.png").stat().st_size > 10_000
-    assert 1 <= len(_checkpoints(ws.ray_storage / "one")) <= 2
+    assert 1 <= len(checkpoint_dirs(ws.ray_storage / "one")) <= 2
 
     splits = pd.read_csv(ws.run("one") / "splits.csv")
     train_samples = set(splits[splits.split == TRAIN]["sample"])
@@ -56,7 +51,7 @@ def test_one_worker_trains_checkpoints_and_exports_then_resumes(ray_local, tiled
     assert summary.history.epoch.tolist() == [1, 2, 3]
     assert summary.history.iloc[:2].to_dict("records") == pd.DataFrame(first["history"]).to_dict("records")
     # One Ray checkpoint per epoch reported: the best two and the latest are kept.
-    assert 1 <= len(_checkpoints(ws.ray_storage / "one")) <= 3
+    assert 1 <= len(checkpoint_dirs(ws.ray_storage / "one")) <= 3
 
 
 def test_two_workers_ddp(ray_local, tiled, synth_dir):

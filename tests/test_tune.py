@@ -17,7 +17,7 @@ from microal.config import load_config, parse_config
 from microal.ensemble import ensemble_from_search
 from microal.tune import tune
 from microal.tune_space import SearchSpace
-from conftest import quick_config_dict
+from conftest import checkpoint_dirs, quick_config_dict
 
 SPACE = {
     "job": "supervised",
@@ -49,7 +49,7 @@ def test_search_writes_results_best_config_and_curves(ray_local, tiled, synth_di
     assert (summary.out_dir / "trials.png").stat().st_size > 10_000
     # Each trial is its own Ray Train run with checkpoints under a stable name.
     for trial_id in results.trial_id:
-        assert list((ws.ray_storage / f"s-{trial_id}").glob("checkpoint_*"))
+        assert checkpoint_dirs(ws.ray_storage / f"s-{trial_id}")
     # The best trials make an ensemble: each member is its trial's best checkpoint.
     ensemble = ensemble_from_search(ws.ray_storage, "s", results, 2, "val_miou", "max")
     assert len(ensemble.members) == 2
@@ -66,7 +66,7 @@ def _finished_trials(experiment: Path, epochs: int) -> dict[str, list[str]]:
         lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         if len(lines) >= epochs:
             trial_id = lines[-1]["trial_id"]
-            finished[trial_id] = sorted(p.name for p in experiment.parent.glob(f"{experiment.name}-{trial_id}/checkpoint_*"))
+            finished[trial_id] = [p.name for p in checkpoint_dirs(experiment.parent / f"{experiment.name}-{trial_id}")]
     return finished
 
 

@@ -18,6 +18,11 @@ from microal.train import train
 from microal.workspace import Workspace
 
 
+def checkpoint_dirs(run_storage: Path) -> list[Path]:
+    """The run's checkpoint folders (tests/conftest.py has the same; this runs outside pytest)."""
+    return [p for p in run_storage.glob("checkpoint_*") if p.is_dir()]
+
+
 def main() -> None:
     config = load_config(sys.argv[1])
     ws = Workspace.at(sys.argv[2])
@@ -38,9 +43,9 @@ def main() -> None:
     thread.start()
     storage = ws.ray_storage / "ft"
     deadline = time.time() + 300
-    while len([p for p in storage.glob("checkpoint_*") if p.is_dir()]) < 3 and time.time() < deadline and thread.is_alive():
+    while len(checkpoint_dirs(storage)) < 3 and time.time() < deadline and thread.is_alive():
         time.sleep(0.2)
-    checkpoints_at_kill = len([p for p in storage.glob("checkpoint_*") if p.is_dir()])
+    checkpoints_at_kill = len(checkpoint_dirs(storage))
     cluster.remove_node(worker, allow_graceful=False)  # the worker node's processes are killed
     killed_at = time.time()
     time.sleep(3)
