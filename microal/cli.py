@@ -291,7 +291,7 @@ def cmd_labelstudio_config(args) -> None:
 
 def cmd_labelstudio_serve(args) -> None:
     import signal
-    import threading
+    import time
 
     from microal.labelstudio_server import TOKEN_ENV, new_token_file, read_token, start_server
 
@@ -307,17 +307,24 @@ def cmd_labelstudio_serve(args) -> None:
     files_root = Path(args.files_root or args.workdir).resolve()
     extra = {"SSRF_PROTECTION_ENABLED": "false"} if args.allow_local_webhooks else {}
     print(f"starting Label Studio on 127.0.0.1:{args.port} (data {data_dir}, tiles served from {files_root}) ...", flush=True)
-    server = start_server(data_dir, args.port, files_root, token, username=args.username, extra_env=extra)
-    print(f"Label Studio is up: {server.url}  (user {args.username}; stop with Ctrl-C)", flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    # SIGTERM as Ctrl-C from the start: a stop while Label Studio is still starting must stop it too.
+    signal.signal(signal.SIGTERM, interrupt)
+    server = None
     try:
-        while not done.is_set() and server.process.poll() is None:
-            done.wait(1)
+        server = start_server(data_dir, args.port, files_root, token, username=args.username, extra_env=extra)
+        print(f"Label Studio is up: {server.url}  (user {args.username}; stop with Ctrl-C)", flush=True)
+        while server.process.poll() is None:
+            time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already stopping
+        if server is not None:
+            server.stop()
         print("Label Studio stopped")
 
 

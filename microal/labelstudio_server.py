@@ -126,15 +126,19 @@ def start_server(
         )
     server = LocalServer(process, f"http://127.0.0.1:{port}", data_dir, log)
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise MicroalError(f"Label Studio exited (code {process.returncode}); see {log}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            pass
-        time.sleep(1)
-    server.stop()
-    raise MicroalError(f"Label Studio did not answer on {server.url} within {timeout:.0f} s; see {log}")
+    try:
+        while time.time() < deadline:
+            if process.poll() is not None:
+                raise MicroalError(f"Label Studio exited (code {process.returncode}); see {log}")
+            try:
+                with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return server
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise MicroalError(f"Label Studio did not answer on {server.url} within {timeout:.0f} s; see {log}")
+    except BaseException:
+        # Interrupted or failed while starting: it runs in its own session, so stop it here.
+        server.stop()
+        raise

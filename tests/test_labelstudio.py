@@ -27,7 +27,7 @@ from microal.ensemble import Ensemble
 from microal.errors import MicroalError
 from microal.labelstudio_client import LabelStudioClient, mask_to_results, results_to_mask
 from microal.labelstudio_config import check_label_config, label_config
-from microal.labelstudio_server import find_executable, new_token_file, start_server
+from microal.labelstudio_server import find_executable, new_token_file, port_is_free, start_server
 from microal.pool import LABELLED, QUEUED, REJECTED, UNLABELLED
 from microal.tiling import IGNORE_INDEX
 from conftest import REPO, quick_config_dict
@@ -341,3 +341,17 @@ def test_serve_command_restarts_on_the_same_data_and_stops_cleanly(loop, server)
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0 and "Label Studio stopped" in output
     assert server["token"] not in output
+
+    # Stopped while Label Studio is still starting: it is stopped too, not left running on the port.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "microal.cli", "labelstudio", "serve", "--data-dir", str(server["root"] / "data"),
+         "--port", str(server["port"]), "--files-root", str(server["files_root"])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    assert "starting Label Studio" in process.stdout.readline()
+    time.sleep(3)  # Label Studio's process is starting, not yet answering
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0 and "Label Studio stopped" in output, output[-2000:]
+    left = subprocess.run(["pgrep", "-f", "--", f"--data-dir {server['root'] / 'data'}"], capture_output=True, text=True)
+    assert left.returncode == 1 and port_is_free(server["port"]), f"Label Studio left running: {left.stdout}"
