@@ -37,9 +37,9 @@ def fresh(path: str | Path) -> Path:
     return path
 
 
-def project(example: str, overrides: dict, manifest: Path, out: Path):
-    """An example config with dotted overrides (`{"tiling.scale": 0.5}`), its data ingested and
-    tiled under `out`. Returns (config, catalog)."""
+def project(example: str | Path, overrides: dict, manifest: Path, out: Path):
+    """An example config (a name in examples/, or a path) with dotted overrides
+    (`{"tiling.scale": 0.5}`), its data ingested and tiled under `out`. Returns (config, catalog)."""
     from microal.catalog import ingest
     from microal.config import apply_overrides, load_config
     from microal.tileset import build_tiles
