@@ -5,7 +5,8 @@ loss weight (augmentation fixed), one trial at a time; the baseline runs every t
 (FIFO), ASHA stops poor ones early. Validation mIoU on a grouped fold. Two tasks:
 
 - `--task synth` (default): the synthetic two-domain set microal generates (24 domain-A images,
-  64 px tile centres), 16 trials of 8 epochs: about 15 minutes on 2 cores.
+  64 px tile centres), 16 trials of 8 epochs. Measured: the TPE + ASHA half alone took 11.5 minutes
+  (53 of 128 epochs, ~30 s per trial of which ~15 s is Ray start-up), so the whole run is ~23.
 - `--task uhcs`: UHCS at 0.5x scale (96 px tile centres), the four test4A images and their samples
   held out; 12 trials of 6 epochs took 21 minutes on 2 cores, over the issue's 20, which is why the
   synthetic set is the default (as the issue allows).
