@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from microal import ray_backend
 from microal.acquisition import score_scale
 from microal.al_project import ALProject, score_round, select_round, train_round_ensemble
 from microal.annotations import agreement, consolidate
@@ -96,11 +95,8 @@ def push(project: ALProject, target: LabelStudioTarget, selection: pd.DataFrame,
     tiles = project.tiles(new.tile_id)
     for _, tile in tiles.iterrows():
         _write_tile_png(project, tile, target.files_dir / f"{tile.tile_id}.png")
-    masks = np.concatenate(ray_backend.map_tiles(
-        [str(m) for m in ensemble.members], str(project.tiles_root), new.tile_id.tolist(), "ensemble_masks",
-        batch_size=project.config.al.score_batch_size, actors=1,
-        use_gpu=project.config.training.use_gpu,
-    ))
+    masks = np.concatenate(ensemble.map_tiles(project.tiles_root, new.tile_id.tolist(), "ensemble_masks",
+                                              project.config, actors=1))
     names = project.config.class_names
     # Label Studio shows prediction scores as percentages: the acquisition score on its own
     # [0, 1] scale (entropy and BALD over log C), so experts can sort by it.

@@ -111,10 +111,7 @@ def train_round_ensemble(
     report = None
     heldout = project.heldout_tiles()
     if not heldout.empty:
-        parts = ray_backend.map_tiles([str(m) for m in ensemble.members], str(project.tiles_root),
-                                      heldout.tile_id.tolist(), "pixel_counts",
-                                      batch_size=project.config.al.score_batch_size, actors=project.config.al.scoring_actors,
-                                      use_gpu=project.config.training.use_gpu)
+        parts = ensemble.map_tiles(project.tiles_root, heldout.tile_id.tolist(), "pixel_counts", project.config)
         report = ensemble_report(np.sum(parts, axis=0), project.config.class_names)
         with atomic_path(folder / "report.csv") as tmp:
             report.to_csv(tmp, index=False)
@@ -134,10 +131,9 @@ def score_round(project: ALProject, ensemble: Ensemble | None = None, seed: int 
     if not candidates:
         raise MicroalError("al score: no unlabelled tile left in the pool")
     acquisitions = sorted({al.acquisition, "random"})
-    batches = ray_backend.map_tiles(
-        [str(m) for m in ensemble.members], str(project.tiles_root), candidates, "score",
+    batches = ensemble.map_tiles(
+        project.tiles_root, candidates, "score", project.config,
         kwargs={"acquisitions": acquisitions, "reduction": al.reduction, "top_fraction": al.top_fraction, "seed": seed + round_},
-        batch_size=al.score_batch_size, actors=al.scoring_actors, use_gpu=project.config.training.use_gpu,
     )
     table, embeddings = score_table(batches, project.tileset.tiles, ensemble.version)
     with atomic_path(folder / "scores.parquet") as tmp:

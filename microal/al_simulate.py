@@ -56,20 +56,16 @@ def pool_and_test_tiles(tileset: TileSet, config: ProjectConfig) -> tuple[pd.Dat
 
 
 def heldout_counts(ensemble: Ensemble, tiles_root: Path, test: pd.DataFrame, config: ProjectConfig) -> np.ndarray:
-    parts = ray_backend.map_tiles(
-        [str(m) for m in ensemble.members], str(tiles_root), test.tile_id.tolist(), "pixel_counts",
-        batch_size=config.al.score_batch_size, actors=config.al.scoring_actors, use_gpu=config.training.use_gpu,
-    )
+    parts = ensemble.map_tiles(tiles_root, test.tile_id.tolist(), "pixel_counts", config)
     return np.sum(parts, axis=0)
 
 
 def score_pool(ensemble: Ensemble, tiles_root: Path, pool_tiles: pd.DataFrame, candidates: list[str],
                config: ProjectConfig, acquisition: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     al = config.al
-    batches = ray_backend.map_tiles(
-        [str(m) for m in ensemble.members], str(tiles_root), candidates, "score",
+    batches = ensemble.map_tiles(
+        tiles_root, candidates, "score", config,
         kwargs={"acquisitions": [acquisition], "reduction": al.reduction, "top_fraction": al.top_fraction, "seed": seed},
-        batch_size=al.score_batch_size, actors=al.scoring_actors, use_gpu=config.training.use_gpu,
     )
     table, embeddings = score_table(batches, pool_tiles, ensemble.version)
     return table, embeddings

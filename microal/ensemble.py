@@ -36,8 +36,22 @@ class Ensemble:
             raise MicroalError(f"ensemble member file(s) missing: {missing}")
         return cls(files, model_version(files))
 
+    @property
+    def member_files(self) -> list[str]:
+        return [str(m) for m in self.members]
+
+    def map_tiles(self, tiles_root: Path, tile_ids: list[str], method: str, config: ProjectConfig,
+                  kwargs: dict | None = None, actors: int | None = None) -> list:
+        """A TileScorer method over tiles in Ray actors, with the project's batch size, actor
+        count (al.scoring_actors unless given) and devices."""
+        return ray_backend.map_tiles(
+            self.member_files, str(tiles_root), list(tile_ids), method, kwargs=kwargs,
+            batch_size=config.al.score_batch_size, actors=config.al.scoring_actors if actors is None else actors,
+            use_gpu=config.training.use_gpu,
+        )
+
     def save(self, folder: Path) -> None:
-        write_text_atomic(folder / MEMBERS_FILE, json.dumps({"members": [str(m) for m in self.members], "version": self.version}, indent=2))
+        write_text_atomic(folder / MEMBERS_FILE, json.dumps({"members": self.member_files, "version": self.version}, indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> "Ensemble | None":

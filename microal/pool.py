@@ -107,10 +107,6 @@ class Pool:
     def counts(self) -> dict[str, int]:
         return {state: int((self.table.state == state).sum()) for state in STATES}
 
-    @property
-    def last_round(self) -> int:
-        return int(self.table["round"].max())
-
 
 class LabelStore:
     """Per-image padded mask arrays at the tiling scale; unknown pixels are 255 (ignored)."""
