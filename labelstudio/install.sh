@@ -10,4 +10,6 @@ if [ ! -x "$VENV/bin/label-studio" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -r labelstudio/requirements.txt
 fi
-"$VENV/bin/label-studio" --version | head -n 1
+# Not `label-studio --version`: that also migrates a database under ~/.local/share and then starts
+# a server on 0.0.0.0:8080; importing the package reads the version without side effects.
+"$VENV/bin/python" -c "import label_studio; print('label-studio', label_studio.__version__)"
