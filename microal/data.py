@@ -60,8 +60,11 @@ class TileDataset(Dataset):
     """Labelled windows for training or validation.
 
     ``sampling="grid"`` yields each tile of the table once; ``"random"`` yields
-    ``samples_per_epoch`` windows at random positions of the listed images (more
-    variety from a handful of micrographs), re-drawn every epoch via ``set_epoch``.
+    ``samples_per_epoch`` windows re-drawn every epoch via ``set_epoch``: with ``around="image"``
+    anywhere in the listed tiles' images (more variety from a handful of whole-image masks), with
+    ``around="tile"`` within half a tile of a listed tile, for labels that exist at those tiles only
+    (an active-learning label store: a window anywhere in the image would mostly cover unlabelled,
+    ignored pixels).
     """
 
     def __init__(
@@ -73,7 +76,10 @@ class TileDataset(Dataset):
         samples_per_epoch: int | None = None,
         seed: int = 0,
         mask_root: str | None = None,
+        around: str = "image",
     ):
+        if around not in ("image", "tile"):
+            raise ValueError(f"around must be 'image' or 'tile', not {around!r}")
         self.tiles = tiles.reset_index(drop=True)
         labelled = set(self.tiles.image_id[self.tiles.labelled.astype(bool)])
         self.source = WindowSource(tileset, sorted(self.tiles.image_id.unique()), mask_ids=labelled, mask_root=mask_root)
@@ -81,6 +87,8 @@ class TileDataset(Dataset):
         self.sampling = sampling
         self.samples_per_epoch = samples_per_epoch or len(self.tiles)
         self.seed = seed
+        self.around = around
+        self.tile_size = tileset.tiling.tile_size
         self.epoch = 0
         # Largest window corner per image: random windows stay inside the padded array.
         self._extent = self.tiles.groupby("image_id")[["y", "x"]].max()
@@ -97,9 +105,14 @@ class TileDataset(Dataset):
             return tile.image_id, int(tile.y), int(tile.x)
         rng = np.random.default_rng((self.seed, self.epoch, index))
         tile = self.tiles.iloc[int(rng.integers(len(self.tiles)))]
-        # Jitter the window by up to a tile within the padded image, so centres fall anywhere.
         y_max, x_max = (int(v) for v in self._extent.loc[tile.image_id])
-        return tile.image_id, int(rng.integers(0, y_max + 1)), int(rng.integers(0, x_max + 1))
+        if self.around == "image":  # centres fall anywhere in the (padded) image
+            return tile.image_id, int(rng.integers(0, y_max + 1)), int(rng.integers(0, x_max + 1))
+        # Within half a tile of the tile: at least a quarter of the centre stays on its labels.
+        half = self.tile_size // 2
+        y = int(np.clip(int(tile.y) + rng.integers(-half, half + 1), 0, y_max))
+        x = int(np.clip(int(tile.x) + rng.integers(-half, half + 1), 0, x_max))
+        return tile.image_id, y, x
 
     def __getitem__(self, index: int):
         image_id, y, x = self._position(index)

@@ -69,6 +69,9 @@ class SegmentationLoss(torch.nn.Module):
         self.register_buffer("class_weights", class_weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not bool((target != IGNORE_INDEX).any()):
+            # Nothing labelled in the batch: a zero loss (cross-entropy's mean would be 0/0 = nan).
+            return logits.sum() * 0.0
         loss = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=IGNORE_INDEX)
         if self.dice_weight:
             loss = loss + self.dice_weight * self.dice(logits, target)
@@ -267,6 +270,8 @@ def training_datasets(job: TrainJob, cfg: ProjectConfig, tileset, rank: int) -> 
         samples_per_epoch=training.samples_per_epoch if training.sampling == "random" else None,
         seed=training.seed + 1000 * rank,
         mask_root=mask_root,
+        # Named tiles (active learning) carry the only labels of their images.
+        around="tile" if "train_tiles" in job.extra else "image",
     )
     val_set = TileDataset(tileset, val_tiles, mask_root=mask_root) if len(val_tiles) else None
     return train_set, val_set

@@ -34,6 +34,44 @@ def test_weighted_loss_ignores_padding():
     assert float(weighted) == pytest.approx(np.log(2))  # a weighted mean of equal losses
 
 
+def test_a_batch_with_no_labelled_pixel_gives_a_zero_loss_not_nan():
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    target = torch.full((2, 4, 4), IGNORE_INDEX)
+    loss = SegmentationLoss(1.0, torch.tensor([1.0, 2.0, 3.0]))(logits, target)
+    loss.backward()
+    assert float(loss) == 0.0 and torch.isfinite(logits.grad).all() and float(logits.grad.abs().sum()) == 0.0
+
+
+def test_windows_around_tiles_stay_on_the_labels_of_a_label_store(tiled, tmp_path):
+    """Active learning labels single tiles of an image: windows drawn around those tiles always
+    cover some of their labels; windows anywhere in the image mostly do not."""
+    ws, _, _ = tiled
+    tileset = load_tiles(ws.tiles)
+    tiles = tileset.tiles
+    image_id = tiles.image_id.iloc[0]
+    tile = tiles[tiles.image_id == image_id].iloc[len(tiles[tiles.image_id == image_id]) // 2]
+    grid = tileset.grid(image_id)
+    store = np.full(grid.padded_shape, IGNORE_INDEX, np.uint8)
+    centre = (slice(int(tile.y) + grid.margin, int(tile.y) + grid.margin + grid.tile_size),
+              slice(int(tile.x) + grid.margin, int(tile.x) + grid.margin + grid.tile_size))
+    store[centre] = 1
+    np.save(tmp_path / f"{image_id}.mask.npy", store)
+    chosen = tiles[tiles.tile_id == tile.tile_id].assign(labelled=True)
+
+    def labelled_share(around):
+        dataset = TileDataset(tileset, chosen, sampling="random", samples_per_epoch=40, seed=1,
+                              mask_root=str(tmp_path), around=around)
+        inner = slice(grid.margin, grid.margin + grid.tile_size)  # the part of a window the loss sees
+        return [float((dataset[i][1][inner, inner] != IGNORE_INDEX).float().mean()) for i in range(40)]
+
+    near = labelled_share("tile")
+    assert min(near) >= 0.24  # at most half a tile off in each direction: a quarter of the centre or more
+    anywhere = labelled_share("image")
+    assert sum(share == 0 for share in anywhere) > 10
+    with pytest.raises(ValueError, match="around"):
+        TileDataset(tileset, chosen, around="tiles")
+
+
 def test_random_windows_are_reproducible_and_unlabelled_tiles_are_ignored(tiled):
     ws, _, _ = tiled
     tileset = load_tiles(ws.tiles)
