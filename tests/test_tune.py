@@ -34,7 +34,9 @@ def test_search_writes_results_best_config_and_curves(ray_local, tiled, synth_di
     ws, _, _ = tiled
     config = parse_config(quick_config_dict(synth_dir, epochs=2))
     space = SearchSpace.model_validate(SPACE)
-    summary = tune(config, space, ws.tiles, ws.root / "tune" / "s", str(ws.ray_storage), "s", trials=3, grace_period=1)
+    # Two trials at a time (one CPU each): the concurrent path, and half the start-up waits.
+    summary = tune(config, space, ws.tiles, ws.root / "tune" / "s", str(ws.ray_storage), "s", trials=3, grace_period=1,
+                   concurrency=2)
 
     results = pd.read_csv(summary.out_dir / "results.csv")
     assert len(results) == 3 and results.trial_id.is_unique
