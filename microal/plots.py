@@ -137,8 +137,8 @@ def learning_curves_al(curve: pd.DataFrame, path: Path, full_pool_miou: float | 
     fig, ax = plt.subplots(figsize=(8, 5))
     for strategy, part in sorted(curve.groupby("strategy"), key=lambda kv: kv[0] != "random"):
         stats = part.groupby("labelled_tiles").miou.agg(["mean", "min", "max"]).reset_index()
-        style = {"color": "0.4", "ls": "--"} if strategy == "random" else {}
-        (line,) = ax.plot(stats.labelled_tiles, stats["mean"], "o-", ms=4, label=strategy, **style)
+        style = {"color": "0.4", "ls": "--"} if strategy == "random" else {"ls": "-"}
+        (line,) = ax.plot(stats.labelled_tiles, stats["mean"], marker="o", ms=4, label=strategy, **style)
         ax.fill_between(stats.labelled_tiles, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
     if full_pool_miou is not None and np.isfinite(full_pool_miou):
         ax.axhline(full_pool_miou, color="k", lw=1, label="whole pool labelled")
