@@ -35,7 +35,7 @@ def main() -> int:
     import pandas as pd
 
     from microal.catalog import ingest
-    from microal.config import load_config
+    from microal.config import apply_overrides, load_config
     from microal.evaluate import evaluate_predictions
     from microal.predict import predict_catalog
     from microal.tileset import build_tiles
@@ -55,39 +55,35 @@ def main() -> int:
                                  else "val" if n in VALIDATE else "pool")
     manifest.to_csv(out / "manifest.csv", index=False)
 
-    config = load_config(REPO / "examples" / "uhcs.yaml")
-    config = config.model_copy(update={
-        "tiling": config.tiling.model_copy(update={"tile_size": 96, "margin": 16}),
+    # Dotted overrides go through the config's validation (model_copy would skip it).
+    config = apply_overrides(load_config(REPO / "examples" / "uhcs.yaml"), {
+        "tiling.tile_size": 96, "tiling.margin": 16,
         # Pre-training sees the pool (train role here) but never the test images or their samples.
-        "split": config.split.model_copy(update={
-            "method": "column", "column": "role", "train_values": ["train", "pool"], "val_values": ["val"],
-            "test": {"column": "image_name", "values": TEST}}),
-        "pretrain": config.pretrain.model_copy(update={
-            "epochs": args.pretrain_epochs, "batch_size": 32, "samples_per_epoch": 384, "augmentation": "extended",
-            "label_column": "microconstituent"}),
-    })
+        "split.method": "column", "split.column": "role", "split.train_values": ["train", "pool"],
+        "split.val_values": ["val"], "split.test": {"column": "image_name", "values": TEST},
+        "pretrain.epochs": args.pretrain_epochs, "pretrain.batch_size": 32, "pretrain.samples_per_epoch": 384,
+        "pretrain.augmentation": "extended", "pretrain.label_column": "microconstituent",
+    }, source="benchmark settings")
     catalog, _ = ingest(out / "manifest.csv", config, ws.catalog, progress=False)
     build_tiles(catalog, config, ws.tiles, progress=False)
 
     encoders = {"random_init": None}
     for method, key in (("simclr", "ssl"), ("classification", "cls_head")):
-        pre = config.model_copy(update={"pretrain": config.pretrain.model_copy(update={"method": method})})
+        pre = apply_overrides(config, {"pretrain.method": method}, source="benchmark settings")
         summary = pretrain(pre, ws.tiles, ws.run(f"pretrain-{key}"), str(ws.ray_storage), f"pretrain-{key}")
         encoders[key] = summary.best_model
 
     # Fine-tuning: only the four FINE_TUNE images are trained on.
-    fine = config.model_copy(update={
-        "split": config.split.model_copy(update={"train_values": ["train"]}),
-        "training": config.training.model_copy(update={
-            "epochs": args.epochs, "samples_per_epoch": 96, "encoder_lr_factor": 0.1}),
-    })
+    fine = apply_overrides(config, {"split.train_values": ["train"], "training.epochs": args.epochs,
+                                    "training.samples_per_epoch": 96, "training.encoder_lr_factor": 0.1},
+                           source="benchmark settings")
     results = {}
     for key, encoder in encoders.items():
         run_config = fine
         if encoder is None:  # random init: nothing to protect, the encoder learns at the full rate
-            run_config = fine.model_copy(update={"training": fine.training.model_copy(update={"encoder_lr_factor": 1.0})})
+            run_config = apply_overrides(fine, {"training.encoder_lr_factor": 1.0}, source="benchmark settings")
         else:
-            run_config = fine.model_copy(update={"model": fine.model.model_copy(update={"encoder_weights": str(encoder)})})
+            run_config = apply_overrides(fine, {"model.encoder_weights": str(encoder)}, source="benchmark settings")
         name = f"finetune-{key}"
         summary = train(run_config, ws.tiles, ws.run(name), str(ws.ray_storage), name)
         splits = pd.read_csv(summary.run_dir / "splits.csv")
