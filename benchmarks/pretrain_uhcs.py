@@ -9,6 +9,9 @@ Last line:
 
     pretrain_uhcs miou_random_init=<x> miou_ssl=<y> miou_cls_head=<z> minutes=<m>
 
+Measured with --pretrain-epochs 15 --epochs 20 (18.2 minutes on 2 cores): random init 0.505, SimCLR
+0.472, classification head 0.482 test mIoU.
+
 Usage: python benchmarks/pretrain_uhcs.py [--out bench-out/pretrain_uhcs] [--pretrain-epochs N] [--epochs N]
 """
 
