@@ -11,7 +11,7 @@ range (a mean mIoU over the curve), averaged over seeds. frac_tiles_to_95pct: th
 which mIoU first reaches 95% of the mIoU with the whole pool labelled (nan: not within the rounds).
 
 One acquisition (entropy of the ensemble mean) against random by default: an ensemble round is
-about 80 s on 2 cores (two members training side by side, ~15 s of it Ray Train start-up, then
+about 90 s on 2 cores (two members training side by side, ~15 s of it Ray Train start-up, then
 scoring the pool), so 3 seeds x 2 strategies x 4 rounds fit the 45 minutes; a second
 acquisition (--strategies entropy bald) adds about 12 minutes.
 

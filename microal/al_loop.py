@@ -10,7 +10,6 @@ restarting the loop, or restarting Label Studio, loses no annotation and creates
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,7 +25,7 @@ from microal.ensemble import Ensemble
 from microal.files import atomic_path
 from microal.labelstudio_client import LabelStudioClient, mask_to_results, results_flags, results_to_mask
 from microal.labelstudio_config import FLAG_UNSURE, REJECTING_FLAGS, label_config
-from microal.pool import LABELLED, QUEUED, REJECTED, UNLABELLED
+from microal.pool import LABELLED, QUEUED, UNLABELLED
 
 ANNOTATIONS_FILE = "annotations.parquet"
 

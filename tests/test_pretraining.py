@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from microal.config import ModelConfig, parse_config
+from microal.config import parse_config
 from microal.errors import ConfigError
 from microal.models import build_model
 from microal.pretraining import nt_xent

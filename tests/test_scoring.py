@@ -1,7 +1,6 @@
 """Scoring tiles with an ensemble: in-process, and through Ray actors (same numbers)."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
