@@ -169,8 +169,10 @@ def adaptation_step(
     """
     adversarial = uda.method in ("adaptsegnet", "advent")
     raw_discriminators = unwrap(discriminators)  # used un-wrapped (and frozen) in the segmenter's step
-    # 1. segmenter: one forward over both domains (one DDP pass, one backward).
-    main, aux = segmenter(torch.cat([xs, xt]))
+    # 1. segmenter: one forward over both domains (one DDP pass, one backward). Source-only
+    # never sees the target: a joint forward would put target images into the batch-norm
+    # statistics, itself an adaptation (AdaBN), and flatter the baseline.
+    main, aux = segmenter(torch.cat([xs, xt]) if adversarial else xs)
     main, aux, ys = centre(main, margin), centre(aux, margin), centre(ys, margin)
     ns = len(xs)
     seg = loss_fn(main[:ns], ys) + uda.weight_seg_aux * loss_fn(aux[:ns], ys)

@@ -74,6 +74,23 @@ def test_step_freezes_discriminators_while_the_segmenter_learns(method):
     assert (sums[2] > 0) == (method == "advent")
 
 
+def test_source_only_never_sees_the_target():
+    """Not even in batch-norm statistics: the baseline must not be adapted by the back door."""
+    uda = UdaConfig(method="source_only", target_domains=["B"])
+    xs, ys = torch.randn(2, 1, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    states = []
+    for xt in (torch.zeros(2, 1, 64, 64), 5 + 3 * torch.randn(2, 1, 64, 64)):
+        torch.manual_seed(0)
+        segmenter, discriminators = MultiLevelSegmenter(build_model(SMALL, 3), 3), Discriminators(3, 8)
+        seg_opt = torch.optim.SGD(segmenter.parameters(), lr=0.1)
+        disc_opt = torch.optim.SGD(discriminators.parameters(), lr=0.1)
+        adaptation_step(segmenter, discriminators, seg_opt, disc_opt, SegmentationLoss(1.0), xs, ys, xt, uda, margin=0)
+        states.append(segmenter.state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert any(k.endswith("running_mean") for k in states[0])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
 def _uda_config(synth_dir, **uda):
     config = quick_config_dict(synth_dir, epochs=2)
     config["split"].pop("test")  # domain B is the target here, not a held-out test set
