@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from common import fresh, parser, project, require_data
 
@@ -38,6 +39,10 @@ def main() -> int:
     args_parser.add_argument("--batch", type=int, default=24)
     args_parser.add_argument("--strategies", nargs="+", default=["entropy"])
     args_parser.add_argument("--epochs", type=int, default=10)
+    args_parser.add_argument("--full-pool-epochs", type=int, default=30,
+                             help="epochs for the whole-pool reference: longer than a round's, so it is a ceiling")
+    args_parser.add_argument("--resume", action="store_true",
+                             help="keep --out and go on with the experiment there (finished rounds are not re-run)")
     args = args_parser.parse_args()
     data = require_data(args.data)
 
@@ -45,7 +50,7 @@ def main() -> int:
     from microal.evaluate import format_table
 
     started = time.time()
-    out = fresh(args.out)
+    out = Path(args.out).resolve() if args.resume else fresh(args.out)
     config, _ = project("uhcs.yaml", {
         "tiling.scale": 0.5, "tiling.tile_size": 64, "tiling.margin": 16,
         "model.options": {"decoder_channels": [128, 64, 32, 16, 8]},
@@ -54,7 +59,8 @@ def main() -> int:
         "al.members": 2, "al.reduction": "mean", "al.diversity": "kcenter", "al.per_image_cap": 4,
         "al.score_batch_size": 128,
     }, data / "manifest.csv", out)
-    sim = Simulation(args.initial, args.batch, args.rounds, tuple(args.strategies), args.seeds)
+    sim = Simulation(args.initial, args.batch, args.rounds, tuple(args.strategies), args.seeds,
+                     full_pool_epochs=args.full_pool_epochs)
     curve, summary, full = simulate(config, out / "tiles", out / "sim", sim)
     print(format_table(summary))
     print(f"curve: {out / 'sim' / 'curve.png'}")

@@ -12,14 +12,14 @@ per strategy/seed the pool state, label store and ensembles; a stopped experimen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from microal import ray_backend
-from microal.config import ProjectConfig
+from microal.config import ProjectConfig, apply_overrides
 from microal.ensemble import Ensemble, ensemble_report, train_ensemble
 from microal.errors import ConfigError
 from microal.files import atomic_path
@@ -42,6 +42,9 @@ class Simulation:
     rounds: int
     strategies: tuple[str, ...]
     seeds: int
+    # The full-pool reference is a ceiling only if it is trained to convergence: it may get more
+    # epochs than a round (default: training.epochs, the rounds' own budget).
+    full_pool_epochs: int | None = None
 
 
 def pool_and_test_tiles(tileset: TileSet, config: ProjectConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -133,10 +136,12 @@ def run_strategy(config, tiles_root, tileset, pool_tiles, test_tiles, out_dir, s
         pool.mark_labelled(chosen, round_ + 1, note=strategy)
 
 
-def full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address) -> float:
+def full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address, epochs: int | None = None) -> float:
     """mIoU of an ensemble trained on the whole pool with its true masks: the ceiling."""
-    ensemble = train_ensemble(config, tiles_root, pool_tiles, out_dir / "full-pool", config.al.members, seed=12345,
-                              mask_root=None, address=address, quiet=True)
+    epochs = epochs or config.training.epochs
+    config = apply_overrides(config, {"training.epochs": epochs}, source="al simulate --full-pool-epochs")
+    ensemble = train_ensemble(config, tiles_root, pool_tiles, out_dir / f"full-pool-{epochs}ep", config.al.members,
+                              seed=12345, mask_root=None, address=address, quiet=True)
     return PixelCounts.from_array(heldout_counts(ensemble, tiles_root, test_tiles, config)[0]).miou()
 
 
@@ -161,7 +166,7 @@ def summarise(curve: pd.DataFrame, full_pool_miou: float) -> pd.DataFrame:
 def simulate(config: ProjectConfig, tiles_root: Path, out_dir: Path, sim: Simulation, address: str | None = None,
              with_full_pool: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     if "random" not in sim.strategies:
-        sim = Simulation(sim.initial, sim.batch, sim.rounds, tuple(sim.strategies) + ("random",), sim.seeds)
+        sim = replace(sim, strategies=tuple(sim.strategies) + ("random",))
     tileset = load_tiles(tiles_root)
     pool_tiles, test_tiles = pool_and_test_tiles(tileset, config)
     needed = sim.initial + sim.batch * sim.rounds
@@ -175,7 +180,8 @@ def simulate(config: ProjectConfig, tiles_root: Path, out_dir: Path, sim: Simula
         for strategy in sim.strategies:
             run_strategy(config, tiles_root, tileset, pool_tiles, test_tiles, out_dir, strategy, seed, sim, address)
     curve = pd.read_csv(out_dir / CURVE_FILE)
-    full = full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address) if with_full_pool else float("nan")
+    full = (full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address, sim.full_pool_epochs)
+            if with_full_pool else float("nan"))
     summary = summarise(curve, full)
     with atomic_path(out_dir / "summary.csv") as tmp:
         summary.assign(full_pool_miou=full).to_csv(tmp, index=False)

@@ -220,7 +220,8 @@ def cmd_al_simulate(args) -> None:
 
     ws = Workspace.at(args.workdir)
     config = _config(args)
-    sim = Simulation(args.initial, args.batch or config.al.batch_size, args.rounds, tuple(args.strategies), args.seeds)
+    sim = Simulation(args.initial, args.batch or config.al.batch_size, args.rounds, tuple(args.strategies), args.seeds,
+                     full_pool_epochs=args.full_pool_epochs)
     out = ws.root / "al" / args.name
     curve, summary, full = simulate(config, ws.tiles, out, sim, address=args.address)
     print(format_table(summary))
@@ -443,6 +444,8 @@ def _add_al(p):
     q.add_argument("--rounds", type=int, default=4)
     q.add_argument("--strategies", nargs="+", default=["bald", "entropy"], help="acquisitions (random is always added)")
     q.add_argument("--seeds", type=int, default=3)
+    q.add_argument("--full-pool-epochs", type=int,
+                   help="epochs for the whole-pool reference (default training.epochs; more, so it is a ceiling)")
     q.add_argument("--address", help="Ray cluster address")
 
 

@@ -2,9 +2,10 @@
 
 import pandas as pd
 import pytest
+import torch
 
 from microal.al_project import init_project, load_project, score_round, select_round, train_round_ensemble
-from microal.al_simulate import Simulation, simulate, summarise
+from microal.al_simulate import Simulation, full_pool_reference, pool_and_test_tiles, simulate, summarise
 from microal.config import parse_config
 from microal.ensemble import member_folds
 from microal.errors import ConfigError, MicroalError
@@ -91,6 +92,17 @@ def test_oracle_simulation_and_resume(ray_local, tiled, synth_dir, tmp_path):
 
     again, _, _ = simulate(config, ws.tiles, tmp_path / "sim", sim, with_full_pool=False)
     pd.testing.assert_frame_equal(again, curve)  # nothing re-run
+
+
+def test_full_pool_reference_trains_for_its_own_epochs(ray_local, tiled, synth_dir, tmp_path):
+    """The ceiling may train longer than a round (the rounds' budget would make it no ceiling)."""
+    ws, _, _ = tiled
+    config = _config(synth_dir, members=1)
+    pool, test = pool_and_test_tiles(load_tiles(ws.tiles), config)
+    miou = full_pool_reference(config, ws.tiles, pool, test, tmp_path, address=None, epochs=3)
+    blob = torch.load(tmp_path / "full-pool-3ep" / "member-0" / "last_model.pt", map_location="cpu", weights_only=False)
+    assert config.training.epochs == 2 and [row["epoch"] for row in blob["history"]] == [1, 2, 3]
+    assert 0 <= miou <= 1
 
 
 def test_summary_measures():
