@@ -29,6 +29,7 @@ METHODS = ["source_only", "adaptsegnet", "advent"]
 def main() -> int:
     args_parser = parser(__doc__, "uda_nasa", dataset="nasa-super")
     args_parser.add_argument("--seeds", type=int, default=2)
+    args_parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one")
     args_parser.add_argument("--epochs", type=int, help="override training.epochs")
     args_parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     args_parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -65,7 +66,7 @@ def main() -> int:
     scored = catalog[catalog.split.isin(["test", "different_test"])]
 
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for method in args.methods:
             name = f"{method}-s{seed}"
             config = apply_overrides(base, {"training.seed": seed, "uda.method": method}, source="benchmark settings")
@@ -87,7 +88,7 @@ def main() -> int:
     if list(args.methods) != METHODS:
         print(format_table(means.reset_index()))
         return 0
-    compare_runs(ws, catalog, base, [f"{m}-s0" for m in METHODS], ws.evaluation("compare"), source_domain="A",
+    compare_runs(ws, catalog, base, [f"{m}-s{args.first_seed}" for m in METHODS], ws.evaluation("compare"), source_domain="A",
                  figure_domain="B", figure_images=3)
     print(f"side-by-side overlays: {ws.evaluation('compare') / 'compare.png'}")
 
