@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from microal.al_project import init_project, load_project, score_round, select_round, train_round_ensemble
-from microal.al_simulate import Simulation, full_pool_reference, pool_and_test_tiles, simulate, summarise
+from microal.al_simulate import Simulation, simulate, summarise
 from microal.config import parse_config
 from microal.ensemble import member_folds
 from microal.errors import ConfigError, MicroalError
@@ -79,8 +79,8 @@ def test_a_project_round(ray_local, tiled, synth_dir, tmp_path):
 def test_oracle_simulation_and_resume(ray_local, tiled, synth_dir, tmp_path):
     ws, _, _ = tiled
     config = _config(synth_dir, members=1)  # one member keeps it short; entropy needs no more
-    sim = Simulation(initial=4, batch=4, rounds=1, strategies=("entropy",), seeds=1)
-    curve, summary, full = simulate(config, ws.tiles, tmp_path / "sim", sim, with_full_pool=False)
+    sim = Simulation(initial=4, batch=4, rounds=1, strategies=("entropy",), seeds=1, full_pool_epochs=3)
+    curve, summary, full = simulate(config, ws.tiles, tmp_path / "sim", sim)
     assert sorted(curve.strategy.unique()) == ["entropy", "random"]
     for _, run in curve.groupby("strategy"):
         assert run.labelled_tiles.tolist() == [4, 8]
@@ -89,20 +89,15 @@ def test_oracle_simulation_and_resume(ray_local, tiled, synth_dir, tmp_path):
     assert curve[curve["round"] == 0].model_version.nunique() == 1
     assert set(summary.strategy) == {"entropy", "random"} and summary.aulc.between(0, 1).all()
     assert (tmp_path / "sim" / "curve.png").exists() and (tmp_path / "sim" / "summary.csv").exists()
+    # The whole-pool ceiling trains for its own epochs, not a round's (the config says 2).
+    reference = tmp_path / "sim" / "full-pool-3ep" / "member-0" / "last_model.pt"
+    history = torch.load(reference, map_location="cpu", weights_only=False)["history"]
+    assert config.training.epochs == 2 and [row["epoch"] for row in history] == [1, 2, 3] and 0 <= full <= 1
 
-    again, _, _ = simulate(config, ws.tiles, tmp_path / "sim", sim, with_full_pool=False)
-    pd.testing.assert_frame_equal(again, curve)  # nothing re-run
-
-
-def test_full_pool_reference_trains_for_its_own_epochs(ray_local, tiled, synth_dir, tmp_path):
-    """The ceiling may train longer than a round (the rounds' budget would make it no ceiling)."""
-    ws, _, _ = tiled
-    config = _config(synth_dir, members=1)
-    pool, test = pool_and_test_tiles(load_tiles(ws.tiles), config)
-    miou = full_pool_reference(config, ws.tiles, pool, test, tmp_path, address=None, epochs=3)
-    blob = torch.load(tmp_path / "full-pool-3ep" / "member-0" / "last_model.pt", map_location="cpu", weights_only=False)
-    assert config.training.epochs == 2 and [row["epoch"] for row in blob["history"]] == [1, 2, 3]
-    assert 0 <= miou <= 1
+    stamp = reference.stat().st_mtime_ns
+    again, _, full_again = simulate(config, ws.tiles, tmp_path / "sim", sim)
+    pd.testing.assert_frame_equal(again, curve)  # nothing re-run, the reference neither
+    assert full_again == full and reference.stat().st_mtime_ns == stamp
 
 
 def test_summary_measures():
