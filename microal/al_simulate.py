@@ -163,8 +163,8 @@ def summarise(curve: pd.DataFrame, full_pool_miou: float) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("aulc", ascending=False).reset_index(drop=True)
 
 
-def simulate(config: ProjectConfig, tiles_root: Path, out_dir: Path, sim: Simulation, address: str | None = None,
-             with_full_pool: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+def simulate(config: ProjectConfig, tiles_root: Path, out_dir: Path, sim: Simulation,
+             address: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     if "random" not in sim.strategies:
         sim = replace(sim, strategies=tuple(sim.strategies) + ("random",))
     tileset = load_tiles(tiles_root)
@@ -180,8 +180,7 @@ def simulate(config: ProjectConfig, tiles_root: Path, out_dir: Path, sim: Simula
         for strategy in sim.strategies:
             run_strategy(config, tiles_root, tileset, pool_tiles, test_tiles, out_dir, strategy, seed, sim, address)
     curve = pd.read_csv(out_dir / CURVE_FILE)
-    full = (full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address, sim.full_pool_epochs)
-            if with_full_pool else float("nan"))
+    full = full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address, sim.full_pool_epochs)
     summary = summarise(curve, full)
     with atomic_path(out_dir / "summary.csv") as tmp:
         summary.assign(full_pool_miou=full).to_csv(tmp, index=False)
