@@ -39,13 +39,16 @@ from common import fresh, parser, project, require_data
 def main() -> int:
     args_parser = parser(__doc__, "al_uhcs", dataset="uhcs")
     args_parser.add_argument("--seeds", type=int, default=3)
-    args_parser.add_argument("--rounds", type=int, default=4)
+    args_parser.add_argument("--rounds", type=int, default=3)
     args_parser.add_argument("--initial", type=int, default=16)
-    args_parser.add_argument("--batch", type=int, default=24)
+    args_parser.add_argument("--batch", type=int, default=32)
     args_parser.add_argument("--strategies", nargs="+", default=["entropy"])
-    args_parser.add_argument("--epochs", type=int, default=10)
-    args_parser.add_argument("--full-pool-epochs", type=int, default=30,
-                             help="epochs for the whole-pool reference: longer than a round's, so it is a ceiling")
+    args_parser.add_argument("--epochs", type=int, default=10, help="epochs per round")
+    args_parser.add_argument("--cold-start", action="store_true",
+                             help="train every round from fresh weights (default: warm start from the last round)")
+    args_parser.add_argument("--full-pool-epochs", type=int,
+                             help="epochs for the whole-pool reference (default: as many as the final round's "
+                                  "model has had, so it is a ceiling)")
     args_parser.add_argument("--resume", action="store_true",
                              help="keep --out and go on with the experiment there (finished rounds are not re-run)")
     args = args_parser.parse_args()
@@ -62,7 +65,7 @@ def main() -> int:
         "training.epochs": args.epochs, "training.samples_per_epoch": 64, "training.batch_size": 8,
         "training.augmentation": "basic", "training.lr": 0.003,
         "al.members": 2, "al.reduction": "mean", "al.diversity": "kcenter", "al.per_image_cap": 4,
-        "al.score_batch_size": 128,
+        "al.score_batch_size": 128, "al.warm_start": not args.cold_start,
     }, data / "manifest.csv", out)
     sim = Simulation(args.initial, args.batch, args.rounds, tuple(args.strategies), args.seeds,
                      full_pool_epochs=args.full_pool_epochs)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from microal.config import ProjectConfig, parse_config
 from microal.data import TileDataset
-from microal.models import build_model, parameter_groups
+from microal.models import build_model, load_model_weights, parameter_groups
 from microal.tileset import load_tiles
 from microal.training import (
     TrainJob,
@@ -225,8 +225,7 @@ def adapt_worker(job: TrainJob, session: WorkerSession) -> None:
 
     segmenter = MultiLevelSegmenter(build_model(cfg.model, cfg.num_classes), cfg.num_classes, uda.aux_level)
     if job.init_model:
-        blob = torch.load(job.init_model, map_location="cpu", weights_only=False)
-        segmenter.net.load_state_dict(blob["state_dict"])
+        load_model_weights(segmenter.net, job.init_model)
     discriminators = Discriminators(cfg.num_classes, uda.discriminator_channels)
     segmenter = session.prepare_model(segmenter)
     discriminators = session.prepare_model(discriminators)

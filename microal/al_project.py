@@ -88,6 +88,15 @@ def load_project(root: Path, config: ProjectConfig, tiles_root: Path) -> ALProje
     return ALProject(root, config, tiles_root, load_tiles(tiles_root), Pool.load(root / "pool.parquet"))
 
 
+def previous_ensemble(project: ALProject) -> Ensemble | None:
+    """The latest ensemble of an earlier round (what a warm-started round starts from)."""
+    for round_ in range(project.current_round - 1, -1, -1):
+        ensemble = Ensemble.load(project.round_dir(round_))
+        if ensemble is not None:
+            return ensemble
+    return None
+
+
 def train_round_ensemble(
     project: ALProject, address: str | None = None, members: Ensemble | None = None
 ) -> tuple[Ensemble, pd.DataFrame | None]:
@@ -106,7 +115,7 @@ def train_round_ensemble(
             raise MicroalError("al: nothing is labelled yet; label some tiles (or ingest a few masks) first")
         ensemble = train_ensemble(project.config, project.tiles_root, project.tiles(labelled_ids), folder,
                                   project.config.al.members, seed=round_, mask_root=str(project.labels.root),
-                                  address=address)
+                                  address=address, init_from=previous_ensemble(project) if project.config.al.warm_start else None)
     ray_backend.init_ray(address)
     report = None
     heldout = project.heldout_tiles()

@@ -43,8 +43,14 @@ class Simulation:
     strategies: tuple[str, ...]
     seeds: int
     # The full-pool reference is a ceiling only if it is trained to convergence: it may get more
-    # epochs than a round (default: training.epochs, the rounds' own budget).
+    # epochs than a round. Default: the most any round's model has had (training.epochs, or with
+    # al.warm_start the epochs accumulated over all rounds).
     full_pool_epochs: int | None = None
+
+    def reference_epochs(self, config: ProjectConfig) -> int:
+        if self.full_pool_epochs:
+            return self.full_pool_epochs
+        return config.training.epochs * ((self.rounds + 1) if config.al.warm_start else 1)
 
 
 def pool_and_test_tiles(tileset: TileSet, config: ProjectConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -102,14 +108,18 @@ def run_strategy(config, tiles_root, tileset, pool_tiles, test_tiles, out_dir, s
         labels.reveal_from_truth(pool_tiles.set_index("tile_id", drop=False).loc[initial])
         pool.mark_labelled(initial, 0, note="initial")
     done = _done(out_dir, strategy, seed)
+
+    def ensemble_dir(round_: int) -> Path:
+        # Round 0 has the same labelled tiles for every strategy of this seed: trained once.
+        return out_dir / f"shared-s{seed}-round0" if round_ == 0 else folder / f"round-{round_}"
+
     for round_ in range(sim.rounds + 1):
         labelled_ids = pool.table[(pool.table.state == LABELLED) & (pool.table["round"] <= round_)].tile_id.tolist()
         if round_ not in done:
-            # Round 0 has the same labelled tiles for every strategy of this seed: train it once.
-            ensemble_dir = out_dir / f"shared-s{seed}-round0" if round_ == 0 else folder / f"round-{round_}"
             labelled = pool_tiles[pool_tiles.tile_id.isin(labelled_ids)]
-            ensemble = train_ensemble(config, tiles_root, labelled, ensemble_dir, al.members, seed=seed * 100 + round_,
-                                      mask_root=str(labels.root), address=address, quiet=True)
+            previous = Ensemble.load(ensemble_dir(round_ - 1)) if al.warm_start and round_ > 0 else None
+            ensemble = train_ensemble(config, tiles_root, labelled, ensemble_dir(round_), al.members, seed=seed * 100 + round_,
+                                      mask_root=str(labels.root), address=address, quiet=True, init_from=previous)
             counts = heldout_counts(ensemble, tiles_root, test_tiles, config)
             report = ensemble_report(counts, config.class_names)
             row = {"strategy": strategy, "seed": seed, "round": round_, "labelled_tiles": len(labelled_ids),
@@ -122,7 +132,7 @@ def run_strategy(config, tiles_root, tileset, pool_tiles, test_tiles, out_dir, s
             break
         if pool.table["round"].max() > round_:
             continue  # this round's batch was already selected and revealed before a restart
-        ensemble = Ensemble.load(out_dir / f"shared-s{seed}-round0" if round_ == 0 else folder / f"round-{round_}")
+        ensemble = Ensemble.load(ensemble_dir(round_))
         candidates = pool.ids("unlabelled")
         table, embeddings = score_pool(ensemble, tiles_root, pool_tiles, candidates, config, strategy, seed * 100 + round_)
         with atomic_path(folder / f"scores-round-{round_}.parquet") as tmp:
@@ -136,9 +146,8 @@ def run_strategy(config, tiles_root, tileset, pool_tiles, test_tiles, out_dir, s
         pool.mark_labelled(chosen, round_ + 1, note=strategy)
 
 
-def full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address, epochs: int | None = None) -> float:
+def full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address, epochs: int) -> float:
     """mIoU of an ensemble trained on the whole pool with its true masks: the ceiling."""
-    epochs = epochs or config.training.epochs
     config = apply_overrides(config, {"training.epochs": epochs}, source="al simulate --full-pool-epochs")
     ensemble = train_ensemble(config, tiles_root, pool_tiles, out_dir / f"full-pool-{epochs}ep", config.al.members,
                               seed=12345, mask_root=None, address=address, quiet=True)
@@ -180,7 +189,7 @@ def simulate(config: ProjectConfig, tiles_root: Path, out_dir: Path, sim: Simula
         for strategy in sim.strategies:
             run_strategy(config, tiles_root, tileset, pool_tiles, test_tiles, out_dir, strategy, seed, sim, address)
     curve = pd.read_csv(out_dir / CURVE_FILE)
-    full = full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address, sim.full_pool_epochs)
+    full = full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address, sim.reference_epochs(config))
     summary = summarise(curve, full)
     with atomic_path(out_dir / "summary.csv") as tmp:
         summary.assign(full_pool_miou=full).to_csv(tmp, index=False)

@@ -221,6 +221,9 @@ class ActiveLearningConfig(_Strict):
     top_fraction: float = Field(0.1, gt=0, le=1)  # for topk_mean
     batch_size: int = Field(8, ge=1)  # tiles per round
     members: int = Field(3, ge=1)  # ensemble members (k-fold bagging)
+    # Each round's members start from the previous round's (fine-tuning on the grown labelled
+    # set) instead of from scratch: training accumulates over rounds, so a round can stay short.
+    warm_start: bool = False
     per_image_cap: int | None = Field(None, ge=1)  # at most this many tiles of one micrograph per round
     diversity: Literal["kcenter", "none"] = "kcenter"
     candidates_factor: int = Field(5, ge=1)  # k-center picks among the top batch_size x factor

@@ -89,11 +89,16 @@ def train_ensemble(
     mask_root: str | None = None,
     address: str | None = None,
     quiet: bool = False,
+    init_from: Ensemble | None = None,
 ) -> Ensemble:
-    """Train `members` fold models on the labelled tiles; reuse them if this folder has them."""
+    """Train `members` fold models on the labelled tiles; reuse them if this folder has them.
+    With `init_from` (warm start), member i starts from that ensemble's member i (cycling when
+    it has fewer) instead of from fresh weights."""
     existing = Ensemble.load(out_dir)
     if existing is not None:
         return existing
+    if init_from is not None:
+        init_from = Ensemble.from_files(init_from.members)  # a clear error if a file went missing
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
     for index, (train_ids, val_ids) in enumerate(member_folds(labelled_tiles, members, seed)):
@@ -104,6 +109,7 @@ def train_ensemble(
             tiles_root=str(Path(tiles_root).resolve()),
             train_images=images,
             val_images=[],
+            init_model=str(init_from.members[index % len(init_from.members)].resolve()) if init_from else None,
             extra={"train_tiles": train_ids, "val_tiles": val_ids, "mask_root": mask_root},
         )
         runs.append((train_worker, job, f"member-{index}", out_dir / f"member-{index}"))

@@ -85,6 +85,22 @@ def load_encoder_weights(net: torch.nn.Module, path: Path) -> None:
     net.encoder.load_state_dict(adapted)
 
 
+def load_model_weights(net: torch.nn.Module, path: str | Path) -> None:
+    """Start from a whole microal model file (fine-tuning, a warm-started round)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "model file to start from does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    except Exception as error:  # torch raises many types for a damaged or foreign file
+        raise InputError(path, f"cannot load the model to start from ({error})") from None
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise InputError(path, f"model file does not fit the configured model ({first})") from None
+
+
 def parameter_groups(net: torch.nn.Module, lr: float, encoder_lr_factor: float) -> list[dict[str, Any]]:
     """Encoder at lr x factor (a pre-trained encoder is disturbed less), the rest at lr."""
     module = getattr(net, "module", net)  # unwrap DistributedDataParallel

@@ -26,7 +26,7 @@ from microal.augment import load_pipeline
 from microal.config import ProjectConfig, parse_config
 from microal.data import TileDataset
 from microal.metrics import PixelCounts
-from microal.models import build_model, parameter_groups
+from microal.models import build_model, load_model_weights, parameter_groups
 from microal.tiling import IGNORE_INDEX
 from microal.tileset import load_tiles
 
@@ -286,7 +286,7 @@ def train_worker(job: TrainJob, session: WorkerSession) -> None:
 
     net = build_model(cfg.model, cfg.num_classes)
     if job.init_model:
-        net.load_state_dict(torch.load(job.init_model, map_location="cpu", weights_only=False)["state_dict"])
+        load_model_weights(net, job.init_model)
     net = session.prepare_model(net)
     optimizer = torch.optim.AdamW(
         parameter_groups(net, training.lr, training.encoder_lr_factor), weight_decay=training.weight_decay

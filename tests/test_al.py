@@ -76,10 +76,16 @@ def test_a_project_round(ray_local, tiled, synth_dir, tmp_path):
     assert (project.round_dir(0) / "selection.csv").exists()
 
 
+def _first_weights(path):
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return state["encoder.conv1.weight"]
+
+
 def test_oracle_simulation_and_resume(ray_local, tiled, synth_dir, tmp_path):
     ws, _, _ = tiled
-    config = _config(synth_dir, members=1)  # one member keeps it short; entropy needs no more
-    sim = Simulation(initial=4, batch=4, rounds=1, strategies=("entropy",), seeds=1, full_pool_epochs=3)
+    # One member keeps it short (entropy needs no more); rounds warm-start from the last one.
+    config = _config(synth_dir, members=1, warm_start=True)
+    sim = Simulation(initial=4, batch=4, rounds=1, strategies=("entropy",), seeds=1)
     curve, summary, full = simulate(config, ws.tiles, tmp_path / "sim", sim)
     assert sorted(curve.strategy.unique()) == ["entropy", "random"]
     for _, run in curve.groupby("strategy"):
@@ -89,15 +95,31 @@ def test_oracle_simulation_and_resume(ray_local, tiled, synth_dir, tmp_path):
     assert curve[curve["round"] == 0].model_version.nunique() == 1
     assert set(summary.strategy) == {"entropy", "random"} and summary.aulc.between(0, 1).all()
     assert (tmp_path / "sim" / "curve.png").exists() and (tmp_path / "sim" / "summary.csv").exists()
-    # The whole-pool ceiling trains for its own epochs, not a round's (the config says 2).
-    reference = tmp_path / "sim" / "full-pool-3ep" / "member-0" / "last_model.pt"
+    # Warm start: round 1 fine-tuned the shared round-0 member, so no weight moved further than
+    # its few Adam steps allow (a fresh start differs by the scale of the initial weights).
+    training = config.training
+    steps = training.epochs * training.samples_per_epoch // training.batch_size
+    start = _first_weights(tmp_path / "sim" / "shared-s0-round0" / "member-0" / "best_model.pt")
+    for strategy in ("entropy", "random"):
+        moved = (_first_weights(tmp_path / "sim" / f"{strategy}-s0" / "round-1" / "member-0" / "best_model.pt") - start).abs().max()
+        assert 0 < moved <= 4 * steps * training.lr
+    # The whole-pool ceiling trains as long as the longest-trained round model: with warm start,
+    # the epochs of all rounds together (2 rounds x 2 epochs), not one round's 2.
+    reference = tmp_path / "sim" / "full-pool-4ep" / "member-0" / "last_model.pt"
     history = torch.load(reference, map_location="cpu", weights_only=False)["history"]
-    assert config.training.epochs == 2 and [row["epoch"] for row in history] == [1, 2, 3] and 0 <= full <= 1
+    assert training.epochs == 2 and [row["epoch"] for row in history] == [1, 2, 3, 4] and 0 <= full <= 1
 
     stamp = reference.stat().st_mtime_ns
     again, _, full_again = simulate(config, ws.tiles, tmp_path / "sim", sim)
     pd.testing.assert_frame_equal(again, curve)  # nothing re-run, the reference neither
     assert full_again == full and reference.stat().st_mtime_ns == stamp
+
+
+def test_reference_epochs(synth_dir):
+    cold, warm = _config(synth_dir), _config(synth_dir, warm_start=True)  # 2 epochs a round
+    sim = Simulation(initial=4, batch=4, rounds=3, strategies=("entropy",), seeds=1)
+    assert sim.reference_epochs(cold) == 2 and sim.reference_epochs(warm) == 8
+    assert Simulation(4, 4, 3, ("entropy",), 1, full_pool_epochs=5).reference_epochs(warm) == 5
 
 
 def test_summary_measures():

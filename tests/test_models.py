@@ -5,7 +5,7 @@ import torch
 
 from microal.config import ModelConfig
 from microal.errors import ConfigError, InputError, MicroalError
-from microal.models import build_model, parameter_groups
+from microal.models import build_model, load_model_weights, parameter_groups
 
 SMALL = {"decoder_channels": [32, 16, 8, 8, 8]}
 
@@ -50,6 +50,18 @@ def test_bad_checkpoints_are_explained(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(InputError, match="junk.pt: cannot load encoder checkpoint"):
         build_model(ModelConfig(encoder_weights=str(tmp_path / "junk.pt")), 2)
+
+
+def test_a_model_to_start_from_must_fit(tmp_path):
+    small = build_model(ModelConfig(encoder_weights="none"), 2)
+    torch.save({"state_dict": small.state_dict()}, tmp_path / "two.pt")
+    fresh = build_model(ModelConfig(encoder_weights="none"), 2)
+    load_model_weights(fresh, tmp_path / "two.pt")
+    assert torch.equal(fresh.encoder.conv1.weight, small.encoder.conv1.weight)
+    with pytest.raises(InputError, match="two.pt: model file does not fit the configured model"):
+        load_model_weights(build_model(ModelConfig(encoder_weights="none"), 3), tmp_path / "two.pt")
+    with pytest.raises(InputError, match="gone.pt: model file to start from does not exist"):
+        load_model_weights(fresh, tmp_path / "gone.pt")
 
 
 def test_imagenet_weights_offline_give_a_clear_message(monkeypatch):
