@@ -445,7 +445,7 @@ def _add_al(p):
     q.add_argument("--strategies", nargs="+", default=["bald", "entropy"], help="acquisitions (random is always added)")
     q.add_argument("--seeds", type=int, default=3)
     q.add_argument("--full-pool-epochs", type=int,
-                   help="epochs for the whole-pool reference (default training.epochs; more, so it is a ceiling)")
+                   help="epochs for the whole-pool reference (default: as many as the final round's model has had)")
     q.add_argument("--address", help="Ray cluster address")
 
 

@@ -137,10 +137,7 @@ def fit(
             failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
-    try:
-        result = trainer.fit()
-    except ray.train.TrainingFailedError as error:
-        raise MicroalError(f"training failed: {error}") from None
+    result = _fit_surviving_controller_loss(trainer, name)
     if result.checkpoint is None:
         raise MicroalError("training finished without a checkpoint (no epoch completed)")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +145,25 @@ def fit(
     _copy_files(best_checkpoint, list(files), run_dir, "best")
     _copy_files(result.checkpoint, list(files), run_dir, "last")
     return FitOutcome(best_metrics, dict(result.metrics or {}))
+
+
+# Ray Train's controller is itself an actor; when its process dies (a crash inside Ray, the
+# node running it lost), the run is not failed: fit again and it resumes from its last checkpoint.
+CONTROLLER_RESTARTS = 2
+
+
+def _fit_surviving_controller_loss(trainer: TorchTrainer, name: str):
+    for restart in range(CONTROLLER_RESTARTS + 1):
+        try:
+            return trainer.fit()
+        except ray.train.TrainingFailedError as error:
+            raise MicroalError(f"training failed: {error}") from None
+        except ray.exceptions.ActorDiedError as error:
+            if restart == CONTROLLER_RESTARTS:
+                raise MicroalError(f"training {name!r}: Ray Train's controller died {restart + 1} times; "
+                                   f"the last time: {str(error).splitlines()[0]}") from None
+            print(f"training {name!r}: Ray Train's controller died ({str(error).splitlines()[0]}); "
+                  f"resuming from the run's last checkpoint ({restart + 1} of {CONTROLLER_RESTARTS})", flush=True)
 
 
 def _best(result, attribute: str, order: str) -> tuple[ray.train.Checkpoint, dict]:

@@ -1,8 +1,15 @@
 """Supervised training as a real Ray Train job on a local Ray cluster (one worker and DDP)."""
 
+import os
+import signal
+import threading
+import time
+
 import pandas as pd
 import pytest
+import ray
 import torch
+from ray.util.state import list_actors
 
 from microal.config import parse_config
 from microal.errors import MicroalError
@@ -63,3 +70,35 @@ def test_two_workers_ddp(ray_local, tiled, synth_dir):
     assert summary.history.val_miou.between(0, 1).all()
     assert _load(summary.best_model)["state_dict"]  # saved unwrapped (no "module." prefix)
     assert not any(k.startswith("module.") for k in _load(summary.best_model)["state_dict"])
+
+
+def _alive_controllers() -> set[int]:
+    filters = [("class_name", "=", "TrainController"), ("state", "=", "ALIVE")]
+    return {a.pid for a in list_actors(address=ray.get_runtime_context().gcs_address, filters=filters)}
+
+
+def test_a_run_survives_its_controller_dying(ray_local, tiled, synth_dir, capfd):
+    """Ray Train's controller process killed mid-run (as a crash inside Ray does): the run goes
+    on from its last checkpoint instead of failing."""
+    ws, _, _ = tiled
+    config = _config(synth_dir, epochs=6, samples_per_epoch=32)
+    before = _alive_controllers()
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(
+        summary=train(config, ws.tiles, ws.run("ctl"), str(ws.ray_storage), "ctl")))
+    thread.start()
+    deadline = time.time() + 120
+    while not (_alive_controllers() - before) and time.time() < deadline:
+        time.sleep(0.2)
+    controller = (_alive_controllers() - before).pop()
+    while len(checkpoint_dirs(ws.ray_storage / "ctl")) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(controller, signal.SIGKILL)
+    thread.join(timeout=300)
+
+    history = outcome["summary"].history
+    assert history.epoch.tolist() == list(range(1, 7)), "epochs lost or repeated"
+    attempts = history.attempt.tolist()
+    assert attempts[0] == 0 and attempts[-1] == 1 and attempts == sorted(attempts), attempts
+    assert 1 <= attempts.index(1) < 6  # resumed from a checkpoint, not from scratch
+    assert "controller died" in capfd.readouterr().out
