@@ -4,10 +4,11 @@ import pandas as pd
 import pytest
 import torch
 
-from microal.al_project import init_project, load_project, score_round, select_round, train_round_ensemble
+from microal.al_project import (init_project, load_project, previous_ensemble, score_round, select_round,
+                                train_round_ensemble)
 from microal.al_simulate import Simulation, simulate, summarise
 from microal.config import parse_config
-from microal.ensemble import member_folds
+from microal.ensemble import Ensemble, member_folds
 from microal.errors import ConfigError, MicroalError
 from microal.pool import LABELLED, UNLABELLED
 from microal.tileset import load_tiles
@@ -79,6 +80,28 @@ def test_a_project_round(ray_local, tiled, synth_dir, tmp_path):
 def _first_weights(path):
     state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     return state["encoder.conv1.weight"]
+
+
+def test_a_warm_started_round_starts_from_the_latest_earlier_ensemble(tiled, synth_dir, tmp_path):
+    ws, _, _ = tiled
+    project = init_project(tmp_path / "al", _config(synth_dir, warm_start=True), ws.tiles)
+    project.pool.table.loc[project.pool.table.index[0], "round"] = 3  # round 3 is the current one
+    assert project.current_round == 3 and previous_ensemble(project) is None
+
+    def saved(round_):
+        member = tmp_path / f"member-r{round_}.pt"
+        member.write_bytes(b"weights")
+        ensemble = Ensemble.from_files([member])
+        project.round_dir(round_).mkdir(parents=True)
+        ensemble.save(project.round_dir(round_))
+        return ensemble
+
+    first = saved(0)
+    assert previous_ensemble(project).members == first.members
+    latest = saved(2)  # round 1 never trained: skipped
+    assert previous_ensemble(project).members == latest.members
+    saved(3)  # the current round's own ensemble is not its start
+    assert previous_ensemble(project).members == latest.members == [tmp_path / "member-r2.pt"]
 
 
 def test_oracle_simulation_and_resume(ray_local, tiled, synth_dir, tmp_path):
