@@ -152,3 +152,4 @@ def test_summary_measures():
     assert summary.loc["a", "aulc"] == pytest.approx((0.6 + 0.75) / 2)
     assert summary.loc["a", "frac_tiles_to_95pct"] == pytest.approx(0.3)  # 0.8 >= 0.76 first at 0.3
     assert pd.isna(summary.loc["random", "frac_tiles_to_95pct"])  # never reached
+    assert summary.seeds_reaching_95pct.to_dict() == {"a": 1, "random": 0}
