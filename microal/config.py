@@ -194,6 +194,11 @@ class UdaConfig(_Strict):
     aux_level: int = Field(-2, le=-1)  # encoder feature level feeding the auxiliary output
     target_batch_size: int | None = Field(None, ge=1)  # default: training.batch_size
     select_by: Literal["val_miou", "target_miou", "target_entropy"] = "val_miou"
+    # After training, an adapted model (not source_only) re-estimates its batch-norm statistics
+    # on each target domain's unlabelled windows (AdaBN) and predicts that domain's images with
+    # them; source images keep the training statistics.
+    target_bn_statistics: bool = True
+    bn_windows: int = Field(256, ge=16)  # target windows per domain for those statistics
 
 
 class PretrainConfig(_Strict):

@@ -7,7 +7,7 @@ needs only the model file and the images.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from microal.config import ProjectConfig, parse_config
 from microal.data import standardise
+from microal.domain_bn import DOMAIN_BN_KEY, check_statistics, domain_statistics
 from microal.errors import InputError
 from microal.files import atomic_path, write_text_atomic
 from microal.imageio import read_image
@@ -39,6 +40,8 @@ class LoadedModel:
     metrics: dict
     path: Path
     domain_stats: dict[str, tuple[float, float]]
+    # Batch-norm statistics re-estimated on target domains (domain_bn), by domain name.
+    bn_stats: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -57,7 +60,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     net.load_state_dict(blob["state_dict"])
     net.to(device).eval()
     stats = {str(k): tuple(v) for k, v in blob.get("domain_stats", {}).items()}
-    return LoadedModel(net, config, int(blob.get("epoch", 0)), dict(blob.get("metrics", {})), path, stats)
+    bn_stats = {str(k): v for k, v in blob.get(DOMAIN_BN_KEY, {}).items()}
+    for domain, domain_bn in bn_stats.items():
+        try:
+            check_statistics(net, domain_bn)
+        except ValueError as error:
+            raise InputError(path, f"domain {domain!r}: {error}") from None
+    return LoadedModel(net, config, int(blob.get("epoch", 0)), dict(blob.get("metrics", {})), path, stats, bn_stats)
 
 
 @torch.no_grad()
@@ -85,12 +94,13 @@ def predict_probabilities(
     device = next(model.net.parameters()).device
     positions = list(grid.positions())
     centres = {}
-    for start in range(0, len(positions), batch_size):
-        chunk = positions[start : start + batch_size]
-        batch = np.stack([padded[grid.window_slice(y, x)] for _, _, y, x in chunk])[:, None]
-        probs = torch.softmax(model.net(torch.from_numpy(batch).to(device)), dim=1).cpu().numpy()
-        for (row, col, _, _), p in zip(chunk, probs):
-            centres[(row, col)] = grid.centre(p)
+    with domain_statistics(model.net, model.bn_stats.get(domain)):
+        for start in range(0, len(positions), batch_size):
+            chunk = positions[start : start + batch_size]
+            batch = np.stack([padded[grid.window_slice(y, x)] for _, _, y, x in chunk])[:, None]
+            probs = torch.softmax(model.net(torch.from_numpy(batch).to(device)), dim=1).cpu().numpy()
+            for (row, col, _, _), p in zip(chunk, probs):
+                centres[(row, col)] = grid.centre(p)
     return resample_probabilities(grid.stitch(centres), image.shape)
 
 

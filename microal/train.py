@@ -206,8 +206,46 @@ def train(config: ProjectConfig, tiles_root: Path, run_dir: Path, storage_path: 
 
 def adapt(config: ProjectConfig, tiles_root: Path, run_dir: Path, storage_path: str, name: str,
           resume: bool = False, address: str | None = None, init_model: str | None = None) -> TrainSummary:
-    """Domain adaptation (uda.method); keeps the best epoch by uda.select_by."""
-    return _run("uda", config, tiles_root, run_dir, storage_path, name, resume, address, init_model)
+    """Domain adaptation (uda.method); keeps the best epoch by uda.select_by. An adapted model
+    then gets batch-norm statistics of each target domain (uda.target_bn_statistics)."""
+    summary = _run("uda", config, tiles_root, run_dir, storage_path, name, resume, address, init_model)
+    if config.uda.target_bn_statistics and config.uda.method != "source_only":
+        for model_file in (summary.best_model, run_dir / "last_model.pt"):
+            add_target_bn_statistics(model_file, config, tiles_root)
+    return summary
+
+
+BN_BATCH = 16  # windows per forward pass when estimating batch-norm statistics
+
+
+def add_target_bn_statistics(model_file: Path, config: ProjectConfig, tiles_root: Path) -> dict[str, int]:
+    """Batch-norm statistics of each uda.target_domains domain, estimated on uda.bn_windows
+    random windows of its images (masks unused), written into the model file (domain_bn).
+    Returns the windows used per domain."""
+    from torch.utils.data import DataLoader
+
+    from microal.data import TileDataset
+    from microal.domain_bn import DOMAIN_BN_KEY, estimate_statistics
+    from microal.predict import load_model
+
+    tileset = load_tiles(tiles_root)
+    model = load_model(model_file)
+    statistics, used = {}, {}
+    for domain in config.uda.target_domains:
+        images = tileset.images.image_id[tileset.images.domain.astype(str) == domain]
+        tiles = tileset.tiles[tileset.tiles.image_id.isin(images)]
+        if tiles.empty:
+            raise ConfigError(f"uda.target_domains: domain {domain!r} has no tiles in {tiles_root}")
+        windows = TileDataset(tileset, tiles.assign(labelled=False), sampling="random",
+                              samples_per_epoch=config.uda.bn_windows, seed=config.training.seed)
+        batches = (images for images, _ in DataLoader(windows, batch_size=BN_BATCH))
+        statistics[domain] = estimate_statistics(model.net, batches)
+        used[domain] = len(windows)
+    blob = torch.load(model_file, map_location="cpu", weights_only=False)
+    blob[DOMAIN_BN_KEY] = statistics
+    with atomic_path(model_file) as tmp:
+        torch.save(blob, tmp)
+    return used
 
 
 def pretrain(config: ProjectConfig, tiles_root: Path, run_dir: Path, storage_path: str, name: str,

@@ -15,6 +15,7 @@ from microal.adaptation import (
     poly_lr,
 )
 from microal.config import ModelConfig, UdaConfig, parse_config
+from microal.domain_bn import DOMAIN_BN_KEY
 from microal.errors import ConfigError
 from microal.models import build_model
 from microal.predict import predict_catalog
@@ -112,6 +113,12 @@ def test_adaptsegnet_job_with_a_labelled_target_set(ray_local, tiled, synth_dir)
     splits = pd.read_csv(ws.run("uda") / "splits.csv")
     assert set(splits[splits.domain == "B"].split) == {"target"}
     assert set(splits[splits.split == "train"].domain) == {"A"}
+    # Both kept models carry batch-norm statistics of the target domain, estimated on its windows.
+    for model_file in (summary.best_model, ws.run("uda") / "last_model.pt"):
+        blob = torch.load(model_file, map_location="cpu", weights_only=False)
+        target = blob[DOMAIN_BN_KEY]["B"]
+        assert set(blob[DOMAIN_BN_KEY]) == {"B"} and set(target) < set(blob["state_dict"])
+        assert not torch.equal(target["encoder.bn1.running_mean"], blob["state_dict"]["encoder.bn1.running_mean"])
     # The model file is a plain segmentation model: predict uses it as any other.
     table = predict_catalog(summary.best_model, catalog[catalog.domain == "B"], ws.predictions("uda"), progress=False)
     assert len(table) == len(b_images)
