@@ -211,7 +211,9 @@ def adapt(config: ProjectConfig, tiles_root: Path, run_dir: Path, storage_path: 
     summary = _run("uda", config, tiles_root, run_dir, storage_path, name, resume, address, init_model)
     if config.uda.target_bn_statistics and config.uda.method != "source_only":
         for model_file in (summary.best_model, run_dir / "last_model.pt"):
-            add_target_bn_statistics(model_file, config, tiles_root)
+            used = add_target_bn_statistics(model_file, config, tiles_root)
+        print(f"{name}: batch-norm statistics of the target domain(s) "
+              f"{', '.join(f'{d} ({n} windows)' for d, n in used.items())} kept in its model files", flush=True)
     return summary
 
 
