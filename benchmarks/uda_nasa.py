@@ -89,9 +89,10 @@ def main() -> int:
             if method == "source_only":
                 # The ablation that says where the gain comes from: the source-only model with
                 # target batch-norm statistics alone (AdaBN, no adversarial training).
-                ws.run(f"adabn-s{seed}").mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(ws.run(name) / "best_model.pt", ws.run(f"adabn-s{seed}") / "best_model.pt")
-                add_target_bn_statistics(ws.run(f"adabn-s{seed}") / "best_model.pt", config, ws.tiles)
+                ablation = ws.run(f"adabn_only-s{seed}")
+                ablation.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(ws.run(name) / "best_model.pt", ablation / "best_model.pt")
+                add_target_bn_statistics(ablation / "best_model.pt", config, ws.tiles)
                 score("adabn_only", seed, config)
 
     table = pd.DataFrame(rows)
