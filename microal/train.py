@@ -234,8 +234,8 @@ def add_target_bn_statistics(model_file: Path, config: ProjectConfig, tiles_root
     model = load_model(model_file)
     statistics, used = {}, {}
     for domain in config.uda.target_domains:
-        images = tileset.images.image_id[tileset.images.domain.astype(str) == domain]
-        tiles = tileset.tiles[tileset.tiles.image_id.isin(images)]
+        image_ids = tileset.images.image_id[tileset.images.domain.astype(str) == domain]
+        tiles = tileset.tiles[tileset.tiles.image_id.isin(image_ids)]
         if tiles.empty:
             raise ConfigError(f"uda.target_domains: domain {domain!r} has no tiles in {tiles_root}")
         windows = TileDataset(tileset, tiles.assign(labelled=False), sampling="random",
