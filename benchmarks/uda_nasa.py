@@ -97,7 +97,7 @@ def main() -> int:
                 ablation = ws.run(f"adabn_only-s{seed}")
                 ablation.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(ws.run(name) / "best_model.pt", ablation / "best_model.pt")
-                add_target_bn_statistics(ablation / "best_model.pt", config, ws.tiles)
+                add_target_bn_statistics([ablation / "best_model.pt"], config, ws.tiles)
                 score("adabn_only", seed, config)
 
     table = pd.DataFrame(rows)

@@ -210,8 +210,7 @@ def adapt(config: ProjectConfig, tiles_root: Path, run_dir: Path, storage_path: 
     then gets batch-norm statistics of each target domain (uda.target_bn_statistics)."""
     summary = _run("uda", config, tiles_root, run_dir, storage_path, name, resume, address, init_model)
     if config.uda.target_bn_statistics and config.uda.method != "source_only":
-        for model_file in (summary.best_model, run_dir / "last_model.pt"):
-            used = add_target_bn_statistics(model_file, config, tiles_root)
+        used = add_target_bn_statistics([summary.best_model, run_dir / "last_model.pt"], config, tiles_root)
         print(f"{name}: batch-norm statistics of the target domain(s) "
               f"{', '.join(f'{d} ({n} windows)' for d, n in used.items())} kept in its model files", flush=True)
     return summary
@@ -220,9 +219,9 @@ def adapt(config: ProjectConfig, tiles_root: Path, run_dir: Path, storage_path: 
 BN_BATCH = 16  # windows per forward pass when estimating batch-norm statistics
 
 
-def add_target_bn_statistics(model_file: Path, config: ProjectConfig, tiles_root: Path) -> dict[str, int]:
+def add_target_bn_statistics(model_files: list[Path], config: ProjectConfig, tiles_root: Path) -> dict[str, int]:
     """Batch-norm statistics of each uda.target_domains domain, estimated on uda.bn_windows
-    random windows of its images (masks unused), written into the model file (domain_bn).
+    random windows of its images (masks unused), written into each model file (domain_bn).
     Returns the windows used per domain."""
     from torch.utils.data import DataLoader
 
@@ -231,23 +230,23 @@ def add_target_bn_statistics(model_file: Path, config: ProjectConfig, tiles_root
     from microal.predict import load_model
 
     tileset = load_tiles(tiles_root)
-    model = load_model(model_file)
-    statistics, used = {}, {}
+    windows = {}  # the same target windows for every model file
     for domain in config.uda.target_domains:
         image_ids = tileset.images.image_id[tileset.images.domain.astype(str) == domain]
         tiles = tileset.tiles[tileset.tiles.image_id.isin(image_ids)]
         if tiles.empty:
             raise ConfigError(f"uda.target_domains: domain {domain!r} has no tiles in {tiles_root}")
-        windows = TileDataset(tileset, tiles.assign(labelled=False), sampling="random",
-                              samples_per_epoch=config.uda.bn_windows, seed=config.training.seed)
-        batches = (images for images, _ in DataLoader(windows, batch_size=BN_BATCH))
-        statistics[domain] = estimate_statistics(model.net, batches)
-        used[domain] = len(windows)
-    blob = torch.load(model_file, map_location="cpu", weights_only=False)
-    blob[DOMAIN_BN_KEY] = statistics
-    with atomic_path(model_file) as tmp:
-        torch.save(blob, tmp)
-    return used
+        windows[domain] = TileDataset(tileset, tiles.assign(labelled=False), sampling="random",
+                                      samples_per_epoch=config.uda.bn_windows, seed=config.training.seed)
+    for model_file in model_files:
+        net = load_model(model_file).net
+        statistics = {domain: estimate_statistics(net, (images for images, _ in DataLoader(data, batch_size=BN_BATCH)))
+                      for domain, data in windows.items()}
+        blob = torch.load(model_file, map_location="cpu", weights_only=False)
+        blob[DOMAIN_BN_KEY] = statistics
+        with atomic_path(model_file) as tmp:
+            torch.save(blob, tmp)
+    return {domain: len(data) for domain, data in windows.items()}
 
 
 def pretrain(config: ProjectConfig, tiles_root: Path, run_dir: Path, storage_path: str, name: str,
