@@ -226,6 +226,10 @@ class ActiveLearningConfig(_Strict):
     top_fraction: float = Field(0.1, gt=0, le=1)  # for topk_mean
     batch_size: int = Field(8, ge=1)  # tiles per round
     members: int = Field(3, ge=1)  # ensemble members (k-fold bagging)
+    # k of the k-fold split (default: members). More folds than members: each member leaves out a
+    # smaller fold and so trains on more of the labelled tiles ((k-1)/k of them); the first
+    # `members` folds are trained. Two members of two folds see half the labels each.
+    folds: int | None = Field(None, ge=2)
     # Each round's members start from the previous round's (fine-tuning on the grown labelled
     # set) instead of from scratch: training accumulates over rounds, so a round can stay short.
     warm_start: bool = False
@@ -244,6 +248,16 @@ class ActiveLearningConfig(_Strict):
         if value not in ACQUISITIONS:
             raise ValueError(f"unknown acquisition {value!r}; valid: {sorted(ACQUISITIONS)}")
         return value
+
+    @model_validator(mode="after")
+    def _enough_folds(self):
+        if self.folds is not None and self.folds < self.members:
+            raise ValueError(f"al.folds ({self.folds}) must be at least al.members ({self.members}): one fold left out per member")
+        return self
+
+    @property
+    def fold_count(self) -> int:
+        return self.folds or self.members
 
 
 class LabelStudioConfig(_Strict):

@@ -61,22 +61,26 @@ class Ensemble:
         return cls.from_files(json.loads(path.read_text())["members"])
 
 
-def member_folds(tiles: pd.DataFrame, members: int, seed: int) -> list[tuple[list[str], list[str]]]:
-    """(train tile ids, validation tile ids) per member: k-fold grouped by image (each member
-    leaves one fold out, as the seed's 5 fold models); plain k-fold over tiles when there are
-    fewer labelled images than members; one member trains on everything."""
+def member_folds(tiles: pd.DataFrame, members: int, seed: int, folds: int | None = None) -> list[tuple[list[str], list[str]]]:
+    """(train tile ids, validation tile ids) per member: k-fold grouped by image, k = `folds`
+    (default: one fold per member), member i leaving fold i out (as the seed's 5 fold models);
+    plain k-fold over tiles when there are fewer labelled images than folds; one member (of one
+    fold) trains on everything."""
+    folds = folds or members
+    if folds < members:
+        raise MicroalError(f"{members} ensemble members need at least as many folds, got {folds}")
     ids = tiles.tile_id.to_numpy()
-    if members == 1:
+    if members == 1 and folds == 1:
         return [(ids.tolist(), [])]
-    if len(ids) < members:
-        raise MicroalError(f"{members} ensemble members need at least {members} labelled tiles, have {len(ids)}")
+    if len(ids) < folds:
+        raise MicroalError(f"{members} ensemble members of {folds} folds need at least {folds} labelled tiles, have {len(ids)}")
     groups = tiles.image_id.to_numpy()
-    if len(set(groups)) >= members:
-        splitter = GroupKFold(n_splits=members, shuffle=True, random_state=seed)
+    if len(set(groups)) >= folds:
+        splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         splits = splitter.split(ids, groups=groups)
     else:
-        splits = KFold(n_splits=members, shuffle=True, random_state=seed).split(ids)
-    return [(ids[train].tolist(), ids[val].tolist()) for train, val in splits]
+        splits = KFold(n_splits=folds, shuffle=True, random_state=seed).split(ids)
+    return [(ids[train].tolist(), ids[val].tolist()) for train, val in list(splits)[:members]]
 
 
 def train_ensemble(
@@ -101,7 +105,7 @@ def train_ensemble(
         init_from = Ensemble.from_files(init_from.members)  # a clear error if a file went missing
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
-    for index, (train_ids, val_ids) in enumerate(member_folds(labelled_tiles, members, seed)):
+    for index, (train_ids, val_ids) in enumerate(member_folds(labelled_tiles, members, seed, config.al.folds)):
         member_config = config.model_copy(update={"training": config.training.model_copy(update={"seed": seed * 1000 + index})})
         images = sorted(set(labelled_tiles.image_id))
         job = TrainJob(

@@ -35,6 +35,21 @@ def test_member_folds_are_grouped_by_image():
         member_folds(tiles.head(2), 3, seed=0)
 
 
+def test_more_folds_than_members_give_each_member_more_of_the_labels(synth_dir):
+    tiles = pd.DataFrame({"tile_id": [f"t{i}" for i in range(20)], "image_id": [f"i{i // 2}" for i in range(20)]})
+    halves = member_folds(tiles, 2, seed=0)
+    fifths = member_folds(tiles, 2, seed=0, folds=5)
+    assert [len(train) for train, _ in halves] == [10, 10]
+    assert [len(train) for train, _ in fifths] == [16, 16]  # each leaves out one fifth
+    assert not set(fifths[0][1]) & set(fifths[1][1])  # and a different fifth
+    for train, val in fifths:
+        assert not {int(t[1:]) // 2 for t in train} & {int(t[1:]) // 2 for t in val}
+    with pytest.raises(MicroalError, match="at least as many folds"):
+        member_folds(tiles, 3, seed=0, folds=2)
+    with pytest.raises(ConfigError, match=r"al.folds \(2\) must be at least al.members \(3\)"):
+        _config(synth_dir, members=3, folds=2)
+
+
 def test_a_project_starts_without_enough_groups_for_folds(tiled, synth_dir, tmp_path):
     """Masks on one or two samples are a normal start: init needs the hold-out, not folds."""
     ws, catalog, _ = tiled
