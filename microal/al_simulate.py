@@ -6,8 +6,9 @@ score it on a fixed held-out set, score the pool, select `batch` tiles, reveal t
 Repeat for every acquisition strategy against random, over several seeds.
 
 Output in <workdir>/al/<name>/: curve.csv (strategy, seed, round, labelled tiles, fraction of
-the pool, held-out mIoU, ensemble and members), curve.png (mean and spread per strategy), and
-per strategy/seed the pool state, label store and ensembles; a stopped experiment resumes.
+the pool, held-out mIoU, ensemble and members), curve.png (mean and spread per strategy),
+summary.csv, and per strategy/seed the pool state, label store and ensembles; a stopped
+experiment resumes. The whole-pool reference is trained once per seed and averaged.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from microal import ray_backend
+from microal.acquisition import NEEDS_MEMBERS
 from microal.config import ProjectConfig, apply_overrides
 from microal.ensemble import Ensemble, ensemble_report, train_ensemble
 from microal.errors import ConfigError
@@ -146,30 +148,38 @@ def run_strategy(config, tiles_root, tileset, pool_tiles, test_tiles, out_dir, s
         pool.mark_labelled(chosen, round_ + 1, note=strategy)
 
 
-def full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address, epochs: int) -> float:
-    """mIoU of an ensemble trained on the whole pool with its true masks: the ceiling."""
+def full_pool_references(config, tiles_root, pool_tiles, test_tiles, out_dir, address, epochs: int, seeds: int) -> list[float]:
+    """mIoU of ensembles trained on the whole pool with its true masks, one per seed: the ceiling.
+    One training run's held-out mIoU moves by a few points with its seed; their mean is what the
+    curves are read against."""
     config = apply_overrides(config, {"training.epochs": epochs}, source="al simulate --full-pool-epochs")
-    ensemble = train_ensemble(config, tiles_root, pool_tiles, out_dir / f"full-pool-{epochs}ep", config.al.members,
-                              seed=12345, mask_root=None, address=address, quiet=True)
-    return PixelCounts.from_array(heldout_counts(ensemble, tiles_root, test_tiles, config)[0]).miou()
+    mious = []
+    for seed in range(seeds):
+        ensemble = train_ensemble(config, tiles_root, pool_tiles, out_dir / f"full-pool-{epochs}ep-s{seed}", config.al.members,
+                                  seed=12345 + seed, mask_root=None, address=address, quiet=True)
+        mious.append(PixelCounts.from_array(heldout_counts(ensemble, tiles_root, test_tiles, config)[0]).miou())
+        print(f"al simulate whole pool, seed {seed}: held-out mIoU {mious[-1]:.4f}", flush=True)
+    return mious
 
 
 def summarise(curve: pd.DataFrame, full_pool_miou: float) -> pd.DataFrame:
     """Per strategy: normalised area under the learning curve (mean mIoU over the labelled
-    fraction axis, averaged over seeds) and the pool fraction first reaching 95% of full-pool mIoU."""
+    fraction axis, averaged over seeds) and the pool fraction at which the strategy's mean curve
+    over seeds first reaches 95% of the full-pool mIoU (and how many single seeds do)."""
+    threshold = 0.95 * full_pool_miou
     rows = []
     for strategy, part in curve.groupby("strategy"):
-        aulcs, fractions = [], []
+        aulcs, seeds_reaching = [], 0
         for _, run in part.groupby("seed"):
             run = run.sort_values("pool_fraction")
             x, y = run.pool_fraction.to_numpy(), run.miou.to_numpy()
             aulcs.append(float(np.trapezoid(y, x) / (x[-1] - x[0])) if len(x) > 1 else float(y[0]))
-            reached = run[run.miou >= 0.95 * full_pool_miou]
-            fractions.append(float(reached.pool_fraction.iloc[0]) if len(reached) else float("nan"))
+            seeds_reaching += int((y >= threshold).any())
+        mean_curve = part.groupby("pool_fraction").miou.mean().sort_index()
+        reached = mean_curve[mean_curve >= threshold]
         rows.append({"strategy": strategy, "aulc": float(np.mean(aulcs)), "aulc_std": float(np.std(aulcs)),
-                     "frac_tiles_to_95pct": float(np.mean(fractions)) if not np.isnan(fractions).any() else float("nan"),
-                     # the mean above needs every seed to get there; how many did shows how close it was
-                     "seeds_reaching_95pct": int((~np.isnan(fractions)).sum()), "seeds": len(aulcs)})
+                     "frac_tiles_to_95pct": float(reached.index[0]) if len(reached) else float("nan"),
+                     "seeds_reaching_95pct": seeds_reaching, "seeds": len(aulcs)})
     return pd.DataFrame(rows).sort_values("aulc", ascending=False).reset_index(drop=True)
 
 
@@ -177,6 +187,10 @@ def simulate(config: ProjectConfig, tiles_root: Path, out_dir: Path, sim: Simula
              address: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     if "random" not in sim.strategies:
         sim = replace(sim, strategies=tuple(sim.strategies) + ("random",))
+    one_member = sorted(set(sim.strategies) & NEEDS_MEMBERS) if config.al.members < 2 else []
+    if one_member:
+        raise ConfigError(f"al simulate: {one_member} measure disagreement between members and are zero with "
+                          f"al.members = {config.al.members}; use 2 or more members, or entropy / margin")
     tileset = load_tiles(tiles_root)
     pool_tiles, test_tiles = pool_and_test_tiles(tileset, config)
     needed = sim.initial + sim.batch * sim.rounds
@@ -190,9 +204,11 @@ def simulate(config: ProjectConfig, tiles_root: Path, out_dir: Path, sim: Simula
         for strategy in sim.strategies:
             run_strategy(config, tiles_root, tileset, pool_tiles, test_tiles, out_dir, strategy, seed, sim, address)
     curve = pd.read_csv(out_dir / CURVE_FILE)
-    full = full_pool_reference(config, tiles_root, pool_tiles, test_tiles, out_dir, address, sim.reference_epochs(config))
+    references = full_pool_references(config, tiles_root, pool_tiles, test_tiles, out_dir, address,
+                                      sim.reference_epochs(config), sim.seeds)
+    full = float(np.mean(references))
     summary = summarise(curve, full)
     with atomic_path(out_dir / "summary.csv") as tmp:
-        summary.assign(full_pool_miou=full).to_csv(tmp, index=False)
+        summary.assign(full_pool_miou=full, full_pool_miou_std=float(np.std(references))).to_csv(tmp, index=False)
     learning_curves_al(curve, out_dir / "curve.png", full_pool_miou=full)
     return curve, summary, full

@@ -225,7 +225,7 @@ def cmd_al_simulate(args) -> None:
     out = ws.root / "al" / args.name
     curve, summary, full = simulate(config, ws.tiles, out, sim, address=args.address)
     print(format_table(summary))
-    print(f"whole pool labelled: mIoU {full:.4f}\ncurve: {out / 'curve.csv'}, {out / 'curve.png'}")
+    print(f"whole pool labelled: mIoU {full:.4f} (mean over {sim.seeds} seed(s))\ncurve: {out / 'curve.csv'}, {out / 'curve.png'}")
 
 
 def _ls_target(args, project):

@@ -143,7 +143,7 @@ def test_oracle_simulation_and_resume(ray_local, tiled, synth_dir, tmp_path):
         assert 0 < moved <= 4 * steps * training.lr
     # The whole-pool ceiling trains as long as the longest-trained round model: with warm start,
     # the epochs of all rounds together (2 rounds x 2 epochs), not one round's 2.
-    reference = tmp_path / "sim" / "full-pool-4ep" / "member-0" / "last_model.pt"
+    reference = tmp_path / "sim" / "full-pool-4ep-s0" / "member-0" / "last_model.pt"
     history = torch.load(reference, map_location="cpu", weights_only=False)["history"]
     assert training.epochs == 2 and [row["epoch"] for row in history] == [1, 2, 3, 4] and 0 <= full <= 1
 
@@ -151,6 +151,14 @@ def test_oracle_simulation_and_resume(ray_local, tiled, synth_dir, tmp_path):
     again, _, full_again = simulate(config, ws.tiles, tmp_path / "sim", sim)
     pd.testing.assert_frame_equal(again, curve)  # nothing re-run, the reference neither
     assert full_again == full and reference.stat().st_mtime_ns == stamp
+
+
+def test_a_one_member_simulation_refuses_disagreement_acquisitions(synth_dir, tmp_path):
+    config = _config(synth_dir, members=1)
+    sim = Simulation(initial=4, batch=4, rounds=1, strategies=("entropy", "bald"), seeds=1)
+    with pytest.raises(ConfigError, match=r"\['bald'\] measure disagreement .* al.members = 1"):
+        simulate(config, tmp_path / "no-tiles-needed", tmp_path / "sim", sim)
+    assert not (tmp_path / "sim").exists()
 
 
 def test_reference_epochs(synth_dir):
@@ -168,3 +176,14 @@ def test_summary_measures():
     assert summary.loc["a", "frac_tiles_to_95pct"] == pytest.approx(0.3)  # 0.8 >= 0.76 first at 0.3
     assert pd.isna(summary.loc["random", "frac_tiles_to_95pct"])  # never reached
     assert summary.seeds_reaching_95pct.to_dict() == {"a": 1, "random": 0}
+
+
+def test_the_95_percent_fraction_is_read_off_the_mean_curve_over_seeds():
+    # Seed 1 dips below 95% of 0.8 (0.76) at 0.2 where seed 0 is above: the mean (0.77) is
+    # above, so the strategy gets there at 0.2; seed 1 alone reaches it only at 0.3.
+    curve = pd.DataFrame({"strategy": "a", "seed": [0, 0, 0, 1, 1, 1], "pool_fraction": [0.1, 0.2, 0.3] * 2,
+                          "miou": [0.5, 0.79, 0.8, 0.5, 0.75, 0.77]})
+    row = summarise(curve, full_pool_miou=0.8).iloc[0]
+    assert row.frac_tiles_to_95pct == pytest.approx(0.2)
+    assert row.seeds_reaching_95pct == 2 and row.seeds == 2
+    assert pd.isna(summarise(curve, full_pool_miou=0.84).iloc[0].frac_tiles_to_95pct)  # mean peaks at 0.785 < 0.798
