@@ -72,6 +72,9 @@ ACQUISITIONS: dict[str, Callable[..., np.ndarray]] = {
     "random": random,
 }
 
+# These measure how members disagree: with one member they are zero everywhere.
+NEEDS_MEMBERS = {"bald", "variance"}
+
 
 def score_scale(name: str, num_classes: int) -> float:
     """The largest value an acquisition can take (so a score can be shown in [0, 1])."""
