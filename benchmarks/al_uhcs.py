@@ -1,7 +1,7 @@
 """Active-learning benchmark on UHCS (issue 4): the oracle experiment, acquisitions against random.
 
 UHCS at 0.5x scale (64 px tile centres), the four test4A images as the fixed held-out set (their
-samples out of the pool), the other 16 micrographs' tiles as the pool with masks hidden; an
+samples out of the pool), the other 16 micrographs' tiles as the pool with masks hidden; a
 model (or an ensemble of k-fold members) trained per round, on CPU. Last line:
 
     al_uhcs aulc_best=<strategy>:<value> aulc_random=<value> full_pool_miou=<value> frac_tiles_to_95pct=<strategy>:<f> random:<f>
