@@ -255,10 +255,6 @@ class ActiveLearningConfig(_Strict):
             raise ValueError(f"al.folds ({self.folds}) must be at least al.members ({self.members}): one fold left out per member")
         return self
 
-    @property
-    def fold_count(self) -> int:
-        return self.folds or self.members
-
 
 class LabelStudioConfig(_Strict):
     """Where experts label (microal al push / pull / run). The API token is never part of a
