@@ -19,7 +19,7 @@ Why one member here (--members, default 1), on 2 cores: k-fold members split the
 members of two folds see half each) and the cores (one thread each). Probed on the same 112
 entropy-chosen tiles, 40 epochs: one model with both cores 0.541 held-out mIoU in 2 minutes; the
 2-member ensemble at 25 epochs, what the same time buys, 0.407. Ensembles (and BALD, variance)
-want more cores or a GPU: --members 2 --strategies entropy bald.
+want more cores or a GPU: --members 2 --folds 5 --strategies entropy bald.
 
 Why not warm start (--warm-start, stop 11's 10-epoch rounds): on a fixed 112-tile set, four
 warm-started 10-epoch rounds reach 0.48-0.50 held-out mIoU (with lr 0.003, 0.001 or 0.0003 for
@@ -31,7 +31,7 @@ seed); whole pool 0.518 (mean of 3); both mean curves pass 95% of it at 64 tiles
 README for what that does and does not show.
 
 Usage: python benchmarks/al_uhcs.py [--seeds 3] [--rounds 2] [--batch 48] [--strategies entropy]
-       [--members 1] [--epochs 40] [--warm-start] [--full-pool-epochs N] [--resume] [--out bench-out/al_uhcs]
+       [--members 1] [--folds K] [--epochs 40] [--warm-start] [--full-pool-epochs N] [--resume] [--out bench-out/al_uhcs]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main() -> int:
     args_parser.add_argument("--strategies", nargs="+", default=["entropy"])
     args_parser.add_argument("--epochs", type=int, default=40, help="epochs per round")
     args_parser.add_argument("--members", type=int, default=1, help="ensemble members (k-fold)")
+    args_parser.add_argument("--folds", type=int, help="k of the members' k-fold (default: one per member)")
     args_parser.add_argument("--warm-start", action="store_true",
                              help="each round fine-tunes the last round's members (default: every round from fresh weights)")
     args_parser.add_argument("--full-pool-epochs", type=int,
@@ -72,7 +73,7 @@ def main() -> int:
         "model.options": {"decoder_channels": [128, 64, 32, 16, 8]},
         "training.epochs": args.epochs, "training.samples_per_epoch": 64, "training.batch_size": 8,
         "training.augmentation": "basic", "training.lr": 0.003,
-        "al.members": args.members, "al.reduction": "mean", "al.diversity": "kcenter", "al.per_image_cap": 4,
+        "al.members": args.members, "al.folds": args.folds, "al.reduction": "mean", "al.diversity": "kcenter", "al.per_image_cap": 4,
         "al.score_batch_size": 128, "al.warm_start": args.warm_start,
     }, data / "manifest.csv", out)
     sim = Simulation(args.initial, args.batch, args.rounds, tuple(args.strategies), args.seeds,
