@@ -70,7 +70,7 @@ def member_folds(tiles: pd.DataFrame, members: int, seed: int, folds: int | None
     if folds < members:
         raise MicroalError(f"{members} ensemble members need at least as many folds, got {folds}")
     ids = tiles.tile_id.to_numpy()
-    if members == 1 and folds == 1:
+    if folds == 1:  # one member (folds >= members)
         return [(ids.tolist(), [])]
     if len(ids) < folds:
         raise MicroalError(f"{members} ensemble members of {folds} folds need at least {folds} labelled tiles, have {len(ids)}")
