@@ -1,10 +1,11 @@
-"""Active-learning benchmark on UHCS (issue 4): the oracle experiment, acquisitions against random.
+"""Active-learning benchmark on UHCS: the oracle experiment, acquisitions against random.
 
 UHCS at 0.5x scale (64 px tile centres), the four test4A images as the fixed held-out set (their
 samples out of the pool), the other 16 micrographs' tiles as the pool with masks hidden; a
 model (or an ensemble of k-fold members) trained per round, on CPU. Last line:
 
-    al_uhcs aulc_best=<strategy>:<value> aulc_random=<value> full_pool_miou=<value> frac_tiles_to_95pct=<strategy>:<f> random:<f>
+    al_uhcs aulc_best=<strategy>:<value> aulc_random=<value> full_pool_miou=<value>
+        frac_tiles_to_95pct=<strategy>:<f> random:<f>       (all on one line)
 
 AULC: area under held-out mIoU against labelled fraction of the pool, divided by the fraction's
 range (a mean mIoU over the curve), averaged over seeds. frac_tiles_to_95pct: the pool fraction at
@@ -15,23 +16,13 @@ One acquisition (uncertainty: entropy of the mean prediction) against random by 
 weights for 40 epochs of 64 windows (one cosine schedule); the whole-pool reference uses the same
 recipe, once per seed. A round takes about 2 minutes on 2 cores.
 
-Why one member here (--members, default 1), on 2 cores: k-fold members split the labels (two
-members of two folds see half each) and the cores (one thread each). Probed on the same 112
-entropy-chosen tiles, 40 epochs: one model with both cores 0.541 held-out mIoU in 2 minutes; the
-2-member ensemble at 25 epochs, what the same time buys, 0.407. Ensembles (and BALD, variance)
-want more cores or a GPU: --members 2 --folds 5 --strategies entropy bald.
-
-Why not warm start (--warm-start, stop 11's 10-epoch rounds): on a fixed 112-tile set, four
-warm-started 10-epoch rounds reach 0.48-0.50 held-out mIoU (with lr 0.003, 0.001 or 0.0003 for
-the later rounds), one fresh 40-epoch fit 0.52-0.55. A chain of short cosine cycles stays near
-a short run's quality; the long schedule is what makes the model, so each round gets one.
-
-Measured (3 seeds, 36.8 minutes): AULC entropy 0.505 vs random 0.494 (entropy ahead on every
-seed); whole pool 0.518 (mean of 3); both mean curves pass 95% of it at 64 tiles (17%); see the
-README for what that does and does not show.
+Why one model per round (--members, default 1) and fresh weights rather than --warm-start: k-fold
+members on 2 cores split the labels and the threads, and short warm-started rounds plateau; the
+probes behind that, and the measured figures, are in benchmarks/RESULTS.md.
 
 Usage: python benchmarks/al_uhcs.py [--seeds 3] [--rounds 2] [--batch 48] [--strategies entropy]
-       [--members 1] [--folds K] [--epochs 40] [--warm-start] [--full-pool-epochs N] [--resume] [--out bench-out/al_uhcs]
+       [--members 1] [--folds K] [--epochs 40] [--warm-start] [--full-pool-epochs N] [--resume]
+       [--out bench-out/al_uhcs]
 """
 
 from __future__ import annotations
@@ -53,31 +44,61 @@ def main() -> int:
     args_parser.add_argument("--epochs", type=int, default=40, help="epochs per round")
     args_parser.add_argument("--members", type=int, default=1, help="ensemble members (k-fold)")
     args_parser.add_argument("--folds", type=int, help="k of the members' k-fold (default: one per member)")
-    args_parser.add_argument("--warm-start", action="store_true",
-                             help="each round fine-tunes the last round's members (default: every round from fresh weights)")
-    args_parser.add_argument("--full-pool-epochs", type=int,
-                             help="epochs for the whole-pool reference (default: as many as the final round's "
-                                  "model has had, so it is a ceiling)")
-    args_parser.add_argument("--resume", action="store_true",
-                             help="keep --out and go on with the experiment there (finished rounds are not re-run)")
+    args_parser.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="each round fine-tunes the last round's members (default: every round from fresh weights)",
+    )
+    args_parser.add_argument(
+        "--full-pool-epochs",
+        type=int,
+        help="epochs for the whole-pool reference (default: as many as the final round's "
+        "model has had, so it is a ceiling)",
+    )
+    args_parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep --out and go on with the experiment there (finished rounds are not re-run)",
+    )
     args = args_parser.parse_args()
     data = require_data(args.data)
 
-    from microal.al_simulate import Simulation, simulate
-    from microal.evaluate import format_table
+    from microal.active.simulate import Simulation, simulate
+    from microal.inference.evaluate import format_table
 
     started = time.time()
     out = Path(args.out).resolve() if args.resume else fresh(args.out)
-    config, _ = project("uhcs.yaml", {
-        "tiling.scale": 0.5, "tiling.tile_size": 64, "tiling.margin": 16,
-        "model.options": {"decoder_channels": [128, 64, 32, 16, 8]},
-        "training.epochs": args.epochs, "training.samples_per_epoch": 64, "training.batch_size": 8,
-        "training.augmentation": "basic", "training.lr": 0.003,
-        "al.members": args.members, "al.folds": args.folds, "al.reduction": "mean", "al.diversity": "kcenter", "al.per_image_cap": 4,
-        "al.score_batch_size": 128, "al.warm_start": args.warm_start,
-    }, data / "manifest.csv", out)
-    sim = Simulation(args.initial, args.batch, args.rounds, tuple(args.strategies), args.seeds,
-                     full_pool_epochs=args.full_pool_epochs)
+    config, _ = project(
+        "uhcs.yaml",
+        {
+            "tiling.scale": 0.5,
+            "tiling.tile_size": 64,
+            "tiling.margin": 16,
+            "model.options": {"decoder_channels": [128, 64, 32, 16, 8]},
+            "training.epochs": args.epochs,
+            "training.samples_per_epoch": 64,
+            "training.batch_size": 8,
+            "training.augmentation": "basic",
+            "training.lr": 0.003,
+            "al.members": args.members,
+            "al.folds": args.folds,
+            "al.reduction": "mean",
+            "al.diversity": "kcenter",
+            "al.per_image_cap": 4,
+            "al.score_batch_size": 128,
+            "al.warm_start": args.warm_start,
+        },
+        data / "manifest.csv",
+        out,
+    )
+    sim = Simulation(
+        args.initial,
+        args.batch,
+        args.rounds,
+        tuple(args.strategies),
+        args.seeds,
+        full_pool_epochs=args.full_pool_epochs,
+    )
     curve, summary, full = simulate(config, out / "tiles", out / "sim", sim)
     print(format_table(summary))
     print(f"curve: {out / 'sim' / 'curve.png'}")
@@ -87,8 +108,10 @@ def main() -> int:
     random = summary.set_index("strategy").loc["random"]
     minutes = (time.time() - started) / 60
     print(f"minutes={minutes:.1f}")
-    print(f"al_uhcs aulc_best={best.strategy}:{best.aulc:.4f} aulc_random={random.aulc:.4f} full_pool_miou={full:.4f} "
-          f"frac_tiles_to_95pct={best.strategy}:{best.frac_tiles_to_95pct:.3f} random:{random.frac_tiles_to_95pct:.3f}")
+    print(
+        f"al_uhcs aulc_best={best.strategy}:{best.aulc:.4f} aulc_random={random.aulc:.4f} full_pool_miou={full:.4f} "
+        f"frac_tiles_to_95pct={best.strategy}:{best.frac_tiles_to_95pct:.3f} random:{random.frac_tiles_to_95pct:.3f}"
+    )
     return 0
 
 

@@ -40,9 +40,9 @@ def fresh(path: str | Path) -> Path:
 def project(example: str | Path, overrides: dict, manifest: Path, out: Path):
     """An example config (a name in examples/, or a path) with dotted overrides
     (`{"tiling.scale": 0.5}`), its data ingested and tiled under `out`. Returns (config, catalog)."""
-    from microal.catalog import ingest
     from microal.config import apply_overrides, load_config
-    from microal.tileset import build_tiles
+    from microal.data.catalog import ingest
+    from microal.data.tiles import build_tiles
 
     config = apply_overrides(load_config(REPO / "examples" / example), overrides, source="benchmark settings")
     catalog, _ = ingest(manifest, config, out / "catalog.parquet", progress=False)

@@ -1,4 +1,4 @@
-"""End-to-end check of the expert loop (issue 5), on data microal generates.
+"""End-to-end check of the expert loop, on data microal generates.
 
 Starts a local Label Studio (its own venv), makes a synthetic set where only two micrographs come
 with masks, then: ingest -> tile -> `microal al init` -> `microal al run` (a subprocess, polling)
@@ -43,24 +43,25 @@ def main() -> int:
     import pandas as pd
     import yaml
 
-    from microal.al_loop import ANNOTATIONS_FILE
-    from microal.catalog import ingest
+    from microal.active.folders import ProjectFolders
+    from microal.active.pool import Pool
     from microal.config import parse_config
-    from microal.imageio import read_mask
-    from microal.labelstudio_client import LabelStudioClient, mask_to_results
-    from microal.labelstudio_config import label_config
-    from microal.labelstudio_server import new_token_file, start_server
-    from microal.pool import LabelStore, Pool
-    from microal.synth import generate
-    from microal.tileset import build_tiles, load_tiles
-    from microal.tiling import resample_mask
+    from microal.data.catalog import ingest
+    from microal.data.imageio import read_mask
+    from microal.data.labels import LabelStore
+    from microal.data.synth import generate
+    from microal.data.tiles import build_tiles, load_tiles
+    from microal.data.tiling import resample_mask
+    from microal.labelstudio.client import LabelStudioClient, mask_to_results
+    from microal.labelstudio.config import label_config
+    from microal.labelstudio.server import new_token_file, start_server
 
     started = time.time()
     out = fresh(args.out)
     work = out / "work"
     work.mkdir()
 
-    # Data: 10 SEM-like + 4 light-optical-like images; masks kept for two images only (the seed set).
+    # Data: 10 SEM-like + 4 light-optical-like images; masks kept for two images only (the starting set).
     data = out / "data"
     generate(data, n_per_domain=(10, 4))
     manifest = pd.read_csv(data / "manifest.csv")
@@ -96,16 +97,34 @@ def main() -> int:
 
     env = {**os.environ, "LABEL_STUDIO_TOKEN": token, "RAY_ADDRESS": ""}
     microal = [sys.executable, "-m", "microal.cli"]
-    subprocess.run(microal + ["al", "init", "-c", str(config_path), "-w", str(work), "--name", "loop"], check=True, env=env)
+    subprocess.run(
+        microal + ["al", "init", "-c", str(config_path), "-w", str(work), "--name", "loop"], check=True, env=env
+    )
     print(f"starting Label Studio on 127.0.0.1:{port} ...", flush=True)
     server = start_server(out / "ls" / "data", port, work, token)
     client = LabelStudioClient(server.url, token)
     log = open(out / "al-run.log", "w")
 
     def al_run() -> subprocess.Popen:
-        return subprocess.Popen(microal + ["al", "run", "-c", str(config_path), "-w", str(work), "--name", "loop",
-                                           "--until-round", str(args.rounds)], stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+        return subprocess.Popen(
+            microal
+            + [
+                "al",
+                "run",
+                "-c",
+                str(config_path),
+                "-w",
+                str(work),
+                "--name",
+                "loop",
+                "--until-round",
+                str(args.rounds),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
     annotated: dict[str, np.ndarray] = {}
     pool_path = work / "al" / "loop" / "pool.parquet"
@@ -117,7 +136,9 @@ def main() -> int:
             deadline = time.time() + 600
             while time.time() < deadline:
                 if runner.poll() is not None:
-                    raise RuntimeError(f"microal al run ended early (code {runner.returncode}); see {out / 'al-run.log'}")
+                    raise RuntimeError(
+                        f"microal al run ended early (code {runner.returncode}); see {out / 'al-run.log'}"
+                    )
                 pool = Pool.load(pool_path).table
                 batch = pool[(pool.state == "queued") & (pool["round"] == round_)]
                 if len(batch) == config.al.batch_size:
@@ -132,7 +153,11 @@ def main() -> int:
                 restarted = True
             for tile_id, task_id in zip(batch.tile_id, batch.task_id.astype(int)):
                 mask = expert_mask(tile_id)
-                client.annotate(task_id, mask_to_results(mask, config.class_names), lead_time=float(np.random.default_rng(task_id).uniform(40, 120)))
+                client.annotate(
+                    task_id,
+                    mask_to_results(mask, config.class_names),
+                    lead_time=float(np.random.default_rng(task_id).uniform(40, 120)),
+                )
                 annotated[tile_id] = mask
             print(f"round {round_}: annotated {len(batch)} tasks", flush=True)
         runner.wait(timeout=900)
@@ -149,18 +174,22 @@ def main() -> int:
 
     project_root = work / "al" / "loop"
     pool = Pool.load(project_root / "pool.parquet").table
-    record = pd.read_parquet(project_root / ANNOTATIONS_FILE)
+    record = pd.read_parquet(ProjectFolders(project_root).annotations)
     store = LabelStore(project_root / "labels", tileset)
     tiles = tileset.tiles.set_index("tile_id", drop=False)
     lost = sum(1 for t in annotated if t not in set(record.tile_id)) + sum(
-        1 for t, m in annotated.items() if not np.array_equal(store.centre(tiles.loc[t]), m))
+        1 for t, m in annotated.items() if not np.array_equal(store.centre(tiles.loc[t]), m)
+    )
     pushed = int(pool.task_id.notna().sum())
     reports = {r: pd.read_csv(project_root / "rounds" / f"round-{r}" / "report.csv") for r in range(args.rounds + 1)}
     miou = {r: float(rep.miou.iloc[0]) for r, rep in reports.items()}
     minutes = (time.time() - started) / 60
     print(f"held-out mIoU by round: {', '.join(f'{r}: {v:.3f}' for r, v in miou.items())}")
-    print(f"ls_loop rounds={args.rounds} pushed={pushed} pulled={len(record)} duplicates={len(task_tiles) - len(set(task_tiles))} "
-          f"lost={lost} miou_round1={miou[1]:.3f} miou_round2={miou[min(2, args.rounds)]:.3f} minutes={minutes:.1f}")
+    print(
+        f"ls_loop rounds={args.rounds} pushed={pushed} pulled={len(record)} "
+        f"duplicates={len(task_tiles) - len(set(task_tiles))} "
+        f"lost={lost} miou_round1={miou[1]:.3f} miou_round2={miou[min(2, args.rounds)]:.3f} minutes={minutes:.1f}"
+    )
     return 0
 
 

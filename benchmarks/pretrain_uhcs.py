@@ -1,4 +1,4 @@
-"""Pre-training benchmark on UHCS (issue 6).
+"""Pre-training benchmark on UHCS.
 
 Pre-trains the encoder on UHCS tiles without masks, (a) self-supervised (SimCLR) and (b) with
 an image-level classification head on the `microconstituent` column (spheroidite vs
@@ -9,9 +9,6 @@ Last line:
 
     pretrain_uhcs miou_random_init=<x> miou_ssl=<y> miou_cls_head=<z> minutes=<m>
 
-Measured with --pretrain-epochs 15 --epochs 20 (18.2 minutes on 2 cores): random init 0.505, SimCLR
-0.472, classification head 0.482 test mIoU.
-
 Usage: python benchmarks/pretrain_uhcs.py [--out bench-out/pretrain_uhcs] [--pretrain-epochs N] [--epochs N]
 """
 
@@ -21,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, UHCS_TEST as TEST, fresh, parser, require_data
+from common import REPO, fresh, parser, require_data
+from common import UHCS_TEST as TEST
 
 # Four labelled images from four samples, each with some of every class.
 FINE_TUNE = ["uhcs0075.tif", "uhcs0124.tif", "uhcs0357.tif", "uhcs1528.tif"]
@@ -37,12 +35,12 @@ def main() -> int:
 
     import pandas as pd
 
-    from microal.catalog import ingest
     from microal.config import apply_overrides, load_config
-    from microal.evaluate import evaluate_predictions
-    from microal.predict import predict_catalog
-    from microal.tileset import build_tiles
-    from microal.train import pretrain, train
+    from microal.data.catalog import ingest
+    from microal.data.tiles import build_tiles
+    from microal.inference.evaluate import evaluate_predictions
+    from microal.inference.predict import predict_catalog
+    from microal.training.jobs import pretrain, train
     from microal.workspace import Workspace
 
     started = time.time()
@@ -54,19 +52,31 @@ def main() -> int:
     for column in ("image", "mask"):
         manifest[column] = [str(data / p) for p in manifest[column]]
     names = manifest.image.map(lambda p: Path(p).name)
-    manifest["role"] = names.map(lambda n: "test" if n in TEST else "train" if n in FINE_TUNE
-                                 else "val" if n in VALIDATE else "pool")
+    manifest["role"] = names.map(
+        lambda n: "test" if n in TEST else "train" if n in FINE_TUNE else "val" if n in VALIDATE else "pool"
+    )
     manifest.to_csv(out / "manifest.csv", index=False)
 
     # Dotted overrides go through the config's validation (model_copy would skip it).
-    config = apply_overrides(load_config(REPO / "examples" / "uhcs.yaml"), {
-        "tiling.tile_size": 96, "tiling.margin": 16,
-        # Pre-training sees the pool (train role here) but never the test images or their samples.
-        "split.method": "column", "split.column": "role", "split.train_values": ["train", "pool"],
-        "split.val_values": ["val"], "split.test": {"column": "image_name", "values": TEST},
-        "pretrain.epochs": args.pretrain_epochs, "pretrain.batch_size": 32, "pretrain.samples_per_epoch": 384,
-        "pretrain.augmentation": "extended", "pretrain.label_column": "microconstituent",
-    }, source="benchmark settings")
+    config = apply_overrides(
+        load_config(REPO / "examples" / "uhcs.yaml"),
+        {
+            "tiling.tile_size": 96,
+            "tiling.margin": 16,
+            # Pre-training sees the pool (train role here) but never the test images or their samples.
+            "split.method": "column",
+            "split.column": "role",
+            "split.train_values": ["train", "pool"],
+            "split.val_values": ["val"],
+            "split.test": {"column": "image_name", "values": TEST},
+            "pretrain.epochs": args.pretrain_epochs,
+            "pretrain.batch_size": 32,
+            "pretrain.samples_per_epoch": 384,
+            "pretrain.augmentation": "extended",
+            "pretrain.label_column": "microconstituent",
+        },
+        source="benchmark settings",
+    )
     catalog, _ = ingest(out / "manifest.csv", config, ws.catalog, progress=False)
     build_tiles(catalog, config, ws.tiles, progress=False)
 
@@ -77,9 +87,16 @@ def main() -> int:
         encoders[key] = summary.best_model
 
     # Fine-tuning: only the four FINE_TUNE images are trained on.
-    fine = apply_overrides(config, {"split.train_values": ["train"], "training.epochs": args.epochs,
-                                    "training.samples_per_epoch": 96, "training.encoder_lr_factor": 0.1},
-                           source="benchmark settings")
+    fine = apply_overrides(
+        config,
+        {
+            "split.train_values": ["train"],
+            "training.epochs": args.epochs,
+            "training.samples_per_epoch": 96,
+            "training.encoder_lr_factor": 0.1,
+        },
+        source="benchmark settings",
+    )
     results = {}
     for key, encoder in encoders.items():
         run_config = fine
@@ -90,16 +107,22 @@ def main() -> int:
         name = f"finetune-{key}"
         summary = train(run_config, ws.tiles, ws.run(name), str(ws.ray_storage), name)
         splits = pd.read_csv(summary.run_dir / "splits.csv")
-        assert sorted(splits[splits.split == "train"].image_name) == sorted(FINE_TUNE), "fine-tuning set is not the four images"
+        assert sorted(splits[splits.split == "train"].image_name) == sorted(FINE_TUNE), (
+            "fine-tuning set is not the four images"
+        )
         test = catalog[catalog.image_name.isin(TEST)]
         predict_catalog(summary.best_model, test, ws.predictions(name), progress=False)
-        result = evaluate_predictions(ws.predictions(name), catalog, config, ws.evaluation(name), overlays=False, progress=False)
+        result = evaluate_predictions(
+            ws.predictions(name), catalog, config, ws.evaluation(name), overlays=False, progress=False
+        )
         results[key] = float(result.per_domain.miou.iloc[0])
         print(f"{name}: test mIoU {results[key]:.3f}", flush=True)
 
     minutes = (time.time() - started) / 60
-    print(f"pretrain_uhcs miou_random_init={results['random_init']:.3f} miou_ssl={results['ssl']:.3f} "
-          f"miou_cls_head={results['cls_head']:.3f} minutes={minutes:.1f}")
+    print(
+        f"pretrain_uhcs miou_random_init={results['random_init']:.3f} miou_ssl={results['ssl']:.3f} "
+        f"miou_cls_head={results['cls_head']:.3f} minutes={minutes:.1f}"
+    )
     return 0
 
 

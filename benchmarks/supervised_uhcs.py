@@ -1,4 +1,4 @@
-"""Supervised UHCS benchmark (issue 2).
+"""Supervised UHCS benchmark.
 
 Holds out the four test4A images of UHCS (../shared/datasets/uhcs), drops the four other
 images that share their samples, trains on the rest (Ray Train, CPU), predicts the held-out
@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 import time
 
-from common import REPO, UHCS_TEST as TEST_IMAGES, fresh, parser, require_data
+from common import REPO, fresh, parser, require_data
+from common import UHCS_TEST as TEST_IMAGES
 
 
 def main() -> int:
@@ -23,12 +24,12 @@ def main() -> int:
     args = args_parser.parse_args()
     data = require_data(args.data)
 
-    from microal.catalog import ingest
     from microal.config import load_config
-    from microal.evaluate import evaluate_predictions, format_table
-    from microal.predict import predict_catalog
-    from microal.tileset import build_tiles
-    from microal.train import train
+    from microal.data.catalog import ingest
+    from microal.data.tiles import build_tiles
+    from microal.inference.evaluate import evaluate_predictions, format_table
+    from microal.inference.predict import predict_catalog
+    from microal.training.jobs import train
     from microal.workspace import Workspace
 
     started = time.time()
@@ -51,13 +52,18 @@ def main() -> int:
     assert not leaked, f"test images in training: {leaked}"
     test_samples = set(catalog[catalog.image_name.isin(TEST_IMAGES)]["sample"])
     assert not (set(catalog[catalog.image_name.isin(trained_on)]["sample"]) & test_samples), "sample leakage"
-    print(f"trained on {sorted(trained_on)}; excluded (same samples as test): "
-          f"{sorted(roles[roles == 'excluded'].index)}")
+    print(
+        f"trained on {sorted(trained_on)}; excluded (same samples as test): {sorted(roles[roles == 'excluded'].index)}"
+    )
 
     test = catalog[catalog.image_name.isin(TEST_IMAGES)]
     predict_catalog(summary.best_model, test, ws.predictions("uhcs"), progress=False)
     result = evaluate_predictions(ws.predictions("uhcs"), catalog, config, ws.evaluation("uhcs"), progress=False)
-    print(format_table(result.per_image[["image_name", "split", "miou"] + [c for c in result.per_image if c.startswith("iou_")]]))
+    print(
+        format_table(
+            result.per_image[["image_name", "split", "miou"] + [c for c in result.per_image if c.startswith("iou_")]]
+        )
+    )
     row = result.per_domain.iloc[0]
     iou = ",".join(f"{row[f'iou_{name}']:.3f}" for name in config.class_names)
     minutes = (time.time() - started) / 60

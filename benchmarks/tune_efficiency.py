@@ -1,4 +1,4 @@
-"""Search efficiency benchmark (issue 3): ASHA + TPE against plain random search.
+"""Search efficiency benchmark: ASHA + TPE against plain random search.
 
 Both searches run the same number of trials over tune_spaces/supervised.yaml's learning rates and
 loss weight (augmentation fixed), two trials at a time with one CPU each (a trial's Ray Train
@@ -6,14 +6,11 @@ start-up, ~15 s, overlaps the other's training); the baseline runs every trial t
 ASHA stops poor ones early. Validation mIoU on a grouped fold. Two tasks:
 
 - `--task synth` (default): the synthetic two-domain set microal generates (24 domain-A images,
-  64 px tile centres), 16 trials of 12 epochs. Measured: best 0.8365 against 0.8417 with 50 of
-  192 epochs (26%), 21 minutes in all (the TPE + ASHA half 12 of them: each trial costs ~40 s of
-  Ray start-up and teardown besides its epochs). One trial at a time and 8 epochs, ASHA kept 53 of
-  128 (41%): the first trials always run to the end, since ASHA has nothing to compare them with,
-  and 8 epochs leave few rungs.
+  64 px tile centres), 16 trials of 12 epochs.
 - `--task uhcs`: UHCS at 0.5x scale (96 px tile centres), the four test4A images and their samples
-  held out; 12 trials of 6 epochs took 21 minutes on 2 cores, over the issue's 20, which is why the
-  synthetic set is the default (as the issue allows).
+  held out; slower, which is why the synthetic set is the default.
+
+Measured figures: benchmarks/RESULTS.md.
 
 Last line:
 
@@ -40,29 +37,46 @@ def main() -> int:
     args_parser.add_argument("--reduction-factor", type=int, default=3)
     args = args_parser.parse_args()
 
-    from microal.tune import tune
-    from microal.tune_space import load_space
+    from microal.training.search import tune
+    from microal.training.search_space import load_space
 
     started = time.time()
     out = fresh(args.out)
     if args.task == "uhcs":
         data = require_data(args.data)
         trials, epochs = args.trials or 12, args.epochs or 6
-        config, _ = project("uhcs.yaml", {
-            "tiling.scale": 0.5, "tiling.tile_size": 96, "tiling.margin": 16,
-            "training.epochs": epochs, "training.samples_per_epoch": 64, "training.augmentation": "basic",
-            "training.class_weights": "balanced",
-        }, data / "manifest.csv", out)
+        config, _ = project(
+            "uhcs.yaml",
+            {
+                "tiling.scale": 0.5,
+                "tiling.tile_size": 96,
+                "tiling.margin": 16,
+                "training.epochs": epochs,
+                "training.samples_per_epoch": 64,
+                "training.augmentation": "basic",
+                "training.class_weights": "balanced",
+            },
+            data / "manifest.csv",
+            out,
+        )
         task = "UHCS at 0.5x scale (real data)"
     else:
-        from microal.synth import generate
+        from microal.data.synth import generate
 
         trials, epochs = args.trials or 16, args.epochs or 12
         generate(out / "data", n_per_domain=(24, 4))
-        config, _ = project(out / "data" / "microal.yaml", {
-            "tiling.tile_size": 64, "tiling.margin": 16,
-            "training.epochs": epochs, "training.samples_per_epoch": 64, "training.augmentation": "basic",
-        }, out / "data" / "manifest.csv", out)
+        config, _ = project(
+            out / "data" / "microal.yaml",
+            {
+                "tiling.tile_size": 64,
+                "tiling.margin": 16,
+                "training.epochs": epochs,
+                "training.samples_per_epoch": 64,
+                "training.augmentation": "basic",
+            },
+            out / "data" / "manifest.csv",
+            out,
+        )
         task = "the synthetic set microal generates"
     space = load_space(REPO / "tune_spaces" / "supervised.yaml")
     keep = {"training.lr", "training.encoder_lr_factor", "training.dice_weight"}
@@ -70,17 +84,31 @@ def main() -> int:
 
     results = {}
     for name, search, scheduler in (("tpe_asha", "tpe", "asha"), ("baseline", "random", "fifo")):
-        summary = tune(config, space, out / "tiles", out / "tune" / name, str(out / "ray_results"), name,
-                       trials=trials, concurrency=args.concurrency, search=search, scheduler=scheduler, grace_period=1, seed=0,
-                       reduction_factor=args.reduction_factor)
+        summary = tune(
+            config,
+            space,
+            out / "tiles",
+            out / "tune" / name,
+            str(out / "ray_results"),
+            name,
+            trials=trials,
+            concurrency=args.concurrency,
+            search=search,
+            scheduler=scheduler,
+            grace_period=1,
+            seed=0,
+            reduction_factor=args.reduction_factor,
+        )
         table = summary.results
         results[name] = (float(table.best_val_miou.max()), int(table.epochs.sum()))
         print(f"{name}: best val mIoU {results[name][0]:.4f} with {results[name][1]} epochs in all", flush=True)
 
     minutes = (time.time() - started) / 60
     print(f"task: {task}, validation mIoU; {trials} trials of up to {epochs} epochs each, {args.concurrency} at a time")
-    print(f"tune best_tpe_asha={results['tpe_asha'][0]:.4f} best_baseline={results['baseline'][0]:.4f} "
-          f"epochs_tpe_asha={results['tpe_asha'][1]} epochs_baseline={results['baseline'][1]} minutes={minutes:.1f}")
+    print(
+        f"tune best_tpe_asha={results['tpe_asha'][0]:.4f} best_baseline={results['baseline'][0]:.4f} "
+        f"epochs_tpe_asha={results['tpe_asha'][1]} epochs_baseline={results['baseline'][1]} minutes={minutes:.1f}"
+    )
     return 0
 
 

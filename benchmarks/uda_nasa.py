@@ -1,4 +1,4 @@
-"""Domain adaptation benchmark on NASA Super (issue 6).
+"""Domain adaptation benchmark on NASA Super.
 
 Source = domain A (Super1 train, validated on Super1 val), target = domain B (Super2
 different_test: other alloys and imaging conditions), used WITHOUT labels for adaptation and
@@ -14,11 +14,8 @@ The adapted models predict target images with target batch-norm statistics (uda.
 as an ablation the source-only model with those statistics alone (AdaBN) is scored too and printed
 before the last line.
 
-Measured on 2 cores (2 seeds, 20 epochs): source-only 0.575, AdaptSegNet 0.624, ADVENT 0.631 target
-mIoU, AdaBN alone 0.632, 39.3 minutes (an adapted run ~7 minutes at ~22 s per epoch, source-only ~5
-at ~15 s).
-
-Usage: python benchmarks/uda_nasa.py [--seeds 2] [--epochs N] [--methods ...] [--set uda.weight_adv=0.01 ...] [--out bench-out/uda_nasa]
+Usage: python benchmarks/uda_nasa.py [--seeds 2] [--epochs N] [--methods ...] [--set uda.weight_adv=0.01 ...]
+       [--out bench-out/uda_nasa]
 """
 
 from __future__ import annotations
@@ -38,22 +35,27 @@ def main() -> int:
     args_parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one")
     args_parser.add_argument("--epochs", type=int, help="override training.epochs")
     args_parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    args_parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                             help="more config overrides, YAML values (uda.weight_adv=0.01)")
+    args_parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more config overrides, YAML values (uda.weight_adv=0.01)",
+    )
     args = args_parser.parse_args()
     data = require_data(args.data)
 
     import pandas as pd
     import yaml
 
-    from microal.catalog import ingest
-    from microal.compare import compare_runs
     from microal.config import apply_overrides, load_config
-    from microal.evaluate import evaluate_predictions, format_table
-    from microal.metrics import relative_domain_transferability
-    from microal.predict import predict_catalog
-    from microal.tileset import build_tiles
-    from microal.train import adapt, add_target_bn_statistics
+    from microal.data.catalog import ingest
+    from microal.data.tiles import build_tiles
+    from microal.inference.compare import compare_runs
+    from microal.inference.evaluate import evaluate_predictions, format_table
+    from microal.inference.predict import predict_catalog
+    from microal.models.metrics import relative_domain_transferability
+    from microal.training.jobs import adapt, add_target_bn_statistics
     from microal.workspace import Workspace
 
     started = time.time()
@@ -76,14 +78,23 @@ def main() -> int:
     def score(method: str, seed: int, config) -> None:
         name = f"{method}-s{seed}"
         predict_catalog(ws.run(name) / "best_model.pt", scored, ws.predictions(name), progress=False)
-        result = evaluate_predictions(ws.predictions(name), catalog, config, ws.evaluation(name),
-                                      overlays=False, progress=False)
+        result = evaluate_predictions(
+            ws.predictions(name), catalog, config, ws.evaluation(name), overlays=False, progress=False
+        )
         per = result.per_domain.set_index("domain")
-        rows.append({"method": method, "seed": seed, "miou_source_test": per.loc["A", "miou"],
-                     "miou_target": per.loc["B", "miou"],
-                     **{f"target_{c}": per.loc["B", c] for c in per.columns if c.startswith("iou_")}})
-        print(f"{name}: source test mIoU {rows[-1]['miou_source_test']:.3f}, target mIoU {rows[-1]['miou_target']:.3f}",
-              flush=True)
+        rows.append(
+            {
+                "method": method,
+                "seed": seed,
+                "miou_source_test": per.loc["A", "miou"],
+                "miou_target": per.loc["B", "miou"],
+                **{f"target_{c}": per.loc["B", c] for c in per.columns if c.startswith("iou_")},
+            }
+        )
+        print(
+            f"{name}: source test mIoU {rows[-1]['miou_source_test']:.3f}, target mIoU {rows[-1]['miou_target']:.3f}",
+            flush=True,
+        )
 
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for method in args.methods:
@@ -105,12 +116,23 @@ def main() -> int:
     means = table.groupby("method")[["miou_source_test", "miou_target"]].mean()
     print(format_table(table))
     if "adabn_only" in means.index:
-        print(f"ablation: source-only + target batch-norm statistics alone, target mIoU {means.loc['adabn_only', 'miou_target']:.3f}")
+        print(
+            "ablation: source-only + target batch-norm statistics alone, "
+            f"target mIoU {means.loc['adabn_only', 'miou_target']:.3f}"
+        )
     if list(args.methods) != METHODS:
         print(format_table(means.reset_index()))
         return 0
-    compare_runs(ws, catalog, base, [f"{m}-s{args.first_seed}" for m in METHODS], ws.evaluation("compare"), source_domain="A",
-                 figure_domain="B", figure_images=3)
+    compare_runs(
+        ws,
+        catalog,
+        base,
+        [f"{m}-s{args.first_seed}" for m in METHODS],
+        ws.evaluation("compare"),
+        source_domain="A",
+        figure_domain="B",
+        figure_images=3,
+    )
     print(f"side-by-side overlays: {ws.evaluation('compare') / 'compare.png'}")
 
     source_reference = means.loc["source_only", "miou_source_test"]
@@ -129,9 +151,12 @@ def main() -> int:
 
 # Benchmark-sized settings (CPU, 45 minutes for 3 methods x 2 seeds).
 BENCH_SETTINGS = {
-    "tiling.tile_size": 96, "tiling.margin": 16,
+    "tiling.tile_size": 96,
+    "tiling.margin": 16,
     "model.options": {"decoder_channels": [128, 64, 32, 16, 8]},
-    "training.epochs": 20, "training.batch_size": 8, "training.samples_per_epoch": 128,
+    "training.epochs": 20,
+    "training.batch_size": 8,
+    "training.samples_per_epoch": 128,
 }
 
 

@@ -169,7 +169,7 @@ class PreprocessConfig(_Strict):
     """Intensity preparation applied before tiling and prediction alike."""
 
     # Bright-field light-optical images are dark where SEM images are bright: inverting
-    # them makes the two look alike to the network (the seed's preprocessing).
+    # them makes the two look alike to the network (as Goetz et al. 2022 do).
     invert_domains: list[str] = Field(default_factory=list)
     # Inputs are standardised by mean/std of each image, of each domain, or not at all.
     normalize: Literal["image", "domain"] = "image"
@@ -213,7 +213,7 @@ class PretrainConfig(_Strict):
     samples_per_epoch: int = Field(512, ge=2)
     temperature: float = Field(0.2, gt=0)  # SimCLR's NT-Xent temperature
     projection_dim: int = Field(64, ge=2)
-    dropout: float = Field(0.5, ge=0, lt=1)  # classification head, as in the seed
+    dropout: float = Field(0.5, ge=0, lt=1)  # classification head, as in Goetz et al. 2022
     augmentation: str = "extended"
     use_unlabelled: bool = True  # images without masks take part (they are the point of SSL)
 
@@ -243,7 +243,7 @@ class ActiveLearningConfig(_Strict):
     @field_validator("acquisition")
     @classmethod
     def _known_acquisition(cls, value):
-        from microal.acquisition import ACQUISITIONS
+        from microal.active.acquisition import ACQUISITIONS
 
         if value not in ACQUISITIONS:
             raise ValueError(f"unknown acquisition {value!r}; valid: {sorted(ACQUISITIONS)}")
@@ -252,7 +252,9 @@ class ActiveLearningConfig(_Strict):
     @model_validator(mode="after")
     def _enough_folds(self):
         if self.folds is not None and self.folds < self.members:
-            raise ValueError(f"al.folds ({self.folds}) must be at least al.members ({self.members}): one fold left out per member")
+            raise ValueError(
+                f"al.folds ({self.folds}) must be at least al.members ({self.members}): one fold left out per member"
+            )
         return self
 
 

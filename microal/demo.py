@@ -6,13 +6,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from microal.catalog import ingest
 from microal.config import load_config
-from microal.evaluate import evaluate_predictions, format_table
-from microal.predict import predict_catalog
-from microal.synth import generate
-from microal.tileset import build_tiles
-from microal.train import train
+from microal.data.catalog import ingest
+from microal.data.synth import generate
+from microal.data.tiles import build_tiles
+from microal.inference.evaluate import evaluate_predictions, format_table
+from microal.inference.predict import predict_catalog
+from microal.training.jobs import train
 from microal.workspace import Workspace
 
 RUN_NAME = "demo"

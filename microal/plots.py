@@ -13,8 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from microal.config import ClassSpec  # noqa: E402
+from microal.data.tiling import IGNORE_INDEX  # noqa: E402
 from microal.files import atomic_path  # noqa: E402
-from microal.tiling import IGNORE_INDEX  # noqa: E402
 
 
 def class_colors(classes: list[ClassSpec]) -> np.ndarray:
@@ -70,7 +70,12 @@ def learning_curve(history: pd.DataFrame, class_names: list[str], path: Path, ti
 
 
 def overlay(
-    image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None, classes: list[ClassSpec], path: Path, title: str
+    image: np.ndarray,
+    prediction: np.ndarray,
+    truth: np.ndarray | None,
+    classes: list[ClassSpec],
+    path: Path,
+    title: str,
 ) -> None:
     """Image | prediction over image | truth over image | disagreement, with a legend."""
     panels = [("micrograph", None), ("prediction", prediction)]
@@ -115,6 +120,7 @@ def side_by_side(
 def search_curves(histories: dict[str, pd.DataFrame | None], metric: str, path: Path, title: str = "") -> None:
     """The search metric against epoch for every trial; trials stopped early end early (marked x)."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
+
     def length(h):
         return int(h["epoch"].max()) if "epoch" in h and len(h) else len(h)
 
@@ -144,7 +150,10 @@ def learning_curves_al(curve: pd.DataFrame, path: Path, full_pool_miou: float | 
         ax.axhline(full_pool_miou, color="k", lw=1, label="whole pool labelled")
         ax.axhline(0.95 * full_pool_miou, color="k", lw=1, ls=":", label="95% of that")
     seeds = curve.seed.nunique()
-    ax.set(xlabel="labelled tiles", ylabel="held-out mIoU",
-           title=f"active learning vs random ({seeds} seed{'s' if seeds > 1 else ''}; band = min-max)")
+    ax.set(
+        xlabel="labelled tiles",
+        ylabel="held-out mIoU",
+        title=f"active learning vs random ({seeds} seed{'s' if seeds > 1 else ''}; band = min-max)",
+    )
     ax.legend(fontsize=8)
     _save(fig, path)

@@ -1,4 +1,5 @@
-"""Where each step reads and writes inside a project's work folder."""
+"""Where each step reads and writes inside a project's work folder: the one place that names
+its folders (inside an active-learning folder: microal.active.folders)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ class Workspace:
     root: Path
 
     @classmethod
-    def at(cls, root: str | Path) -> "Workspace":
+    def at(cls, root: str | Path) -> Workspace:
         return cls(Path(root).resolve())
 
     @property
@@ -34,3 +35,15 @@ class Workspace:
 
     def evaluation(self, name: str) -> Path:
         return self.root / "evaluation" / name
+
+    def tune(self, name: str) -> Path:
+        """A search's results (results.csv, best_config.yaml, trials.png)."""
+        return self.root / "tune" / name
+
+    @property
+    def al_root(self) -> Path:
+        return self.root / "al"
+
+    def al(self, name: str) -> Path:
+        """An active-learning project or simulation (its layout: microal.active.folders)."""
+        return self.al_root / name

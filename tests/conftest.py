@@ -28,7 +28,7 @@ def shared_dataset(name: str) -> Path:
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """A small two-domain synthetic set: 6 SEM-like (3 samples) + 2 light-optical-like images."""
-    from microal.synth import generate
+    from microal.data.synth import generate
 
     out = tmp_path_factory.mktemp("synth")
     generate(out, n_per_domain=(6, 2), field_um=16.0, seed=1)
@@ -57,7 +57,7 @@ def quick_config(synth_dir):
 @pytest.fixture(scope="session")
 def ray_local():
     """One embedded Ray instance (2 CPUs) for every test that trains."""
-    from microal import ray_backend
+    from microal.backend import ray as ray_backend
 
     ray_backend.init_ray(num_cpus=2)
     yield
@@ -67,9 +67,9 @@ def ray_local():
 @pytest.fixture(scope="session")
 def tiled(synth_dir, tmp_path_factory):
     """Catalog and tile set of the synthetic set under the quick config."""
-    from microal.catalog import ingest
     from microal.config import parse_config
-    from microal.tileset import build_tiles
+    from microal.data.catalog import ingest
+    from microal.data.tiles import build_tiles
     from microal.workspace import Workspace
 
     config = parse_config(quick_config_dict(synth_dir))

@@ -10,7 +10,7 @@ MINIMAL = {"classes": ["ferrite", "cementite"]}
 def test_minimal_config_gets_defaults():
     config = parse_config(MINIMAL)
     assert config.class_names == ["ferrite", "cementite"]
-    assert config.training.encoder_lr_factor == 0.1  # the seed's setting
+    assert config.training.encoder_lr_factor == 0.1  # Goetz et al. 2022's fine-tuning setting
     assert config.tiling.window % 32 == 0
 
 

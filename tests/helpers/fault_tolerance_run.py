@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ray.cluster_utils import Cluster
 
-from microal import ray_backend
+from microal.backend import ray as ray_backend
 from microal.config import load_config
-from microal.train import train
+from microal.training.jobs import train
 from microal.workspace import Workspace
 
 

@@ -1,0 +1,201 @@
+"""An active-learning project on disk (its folders: microal.active.folders): the steps of one
+round, each resumable.
+
+A round: train the ensemble on everything labelled so far -> score the unlabelled tiles ->
+select a batch (reading only the score table and the pool) -> experts label it -> next round.
+Images that came with expert masks start labelled (round 0); the others form the pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from microal.active.ensemble import MEMBERS_FILE, Ensemble, ensemble_report, train_ensemble
+from microal.active.folders import EMBEDDINGS_FILE, REPORT_FILE, SCORES_FILE, SELECTION_FILE, ProjectFolders
+from microal.active.pool import LABELLED, QUEUED, REJECTED, UNLABELLED, Pool
+from microal.active.scoring import TileScorer, score_table
+from microal.active.selection import SelectionSettings, select_batch
+from microal.backend import ray as ray_backend
+from microal.config import ProjectConfig
+from microal.data.labels import LabelStore
+from microal.data.splits import EXCLUDED, TEST, held_out_splits
+from microal.data.tiles import TileSet, load_tiles
+from microal.errors import MicroalError
+from microal.files import atomic_path
+
+
+def image_held_out_splits(tileset: TileSet, config: ProjectConfig) -> pd.Series:
+    """test / excluded / train by image id. Only the held-out images matter to a pool, so no
+    folds are made: a project can start from masks on a single sample."""
+    return pd.Series(held_out_splits(tileset.images, config.split).to_numpy(), index=tileset.images.image_id)
+
+
+@dataclass
+class ALProject:
+    root: Path
+    config: ProjectConfig
+    tiles_root: Path
+    tileset: TileSet
+    pool: Pool
+
+    @property
+    def folders(self) -> ProjectFolders:
+        return ProjectFolders(self.root)
+
+    @property
+    def labels(self) -> LabelStore:
+        return LabelStore(self.folders.labels, self.tileset)
+
+    def round_dir(self, round_: int) -> Path:
+        return self.folders.round(round_)
+
+    def trained_rounds(self) -> list[int]:
+        """Rounds whose ensemble is trained."""
+        return self.folders.rounds_with(MEMBERS_FILE)
+
+    @property
+    def current_round(self) -> int:
+        """The round whose ensemble is trained on everything labelled so far."""
+        return max(0, int(self.pool.table["round"].max()))
+
+    def tiles(self, tile_ids: list[str]) -> pd.DataFrame:
+        return self.tileset.tiles.set_index("tile_id", drop=False).loc[list(tile_ids)]
+
+    def heldout_tiles(self) -> pd.DataFrame:
+        """Tiles of the split's test images (with masks): where the ensemble is measured."""
+        splits = image_held_out_splits(self.tileset, self.config)
+        tiles = self.tileset.tiles[self.tileset.tiles.labelled]
+        return tiles[tiles.image_id.map(splits) == TEST]
+
+
+def init_project(root: Path, config: ProjectConfig, tiles_root: Path) -> ALProject:
+    """Create the pool: tiles of images with expert masks start labelled (round 0), the
+    tiles of the other images are unlabelled. Held-out test images stay out of the pool."""
+    tileset = load_tiles(tiles_root)
+    splits = image_held_out_splits(tileset, config)
+    tiles = tileset.tiles[~tileset.tiles.image_id.map(splits).isin([TEST, EXCLUDED])]
+    if tiles.empty:
+        raise MicroalError("al init: no tiles for the pool (every image is held out)")
+    pool = Pool.create(ProjectFolders(root).pool, tiles)
+    project = ALProject(root, config, tiles_root, tileset, pool)
+    labelled = tiles[tiles.labelled]
+    if not labelled.empty:
+        project.labels.reveal_from_truth(labelled)
+        pool.mark_labelled(labelled.tile_id, 0, note="came with expert masks")
+    return project
+
+
+def load_project(root: Path, config: ProjectConfig, tiles_root: Path) -> ALProject:
+    return ALProject(root, config, tiles_root, load_tiles(tiles_root), Pool.load(ProjectFolders(root).pool))
+
+
+def previous_ensemble(project: ALProject) -> Ensemble | None:
+    """The latest ensemble of an earlier round (what a warm-started round starts from)."""
+    for round_ in range(project.current_round - 1, -1, -1):
+        ensemble = Ensemble.load(project.round_dir(round_))
+        if ensemble is not None:
+            return ensemble
+    return None
+
+
+def train_round_ensemble(
+    project: ALProject, address: str | None = None, members: Ensemble | None = None
+) -> tuple[Ensemble, pd.DataFrame | None]:
+    """The ensemble of the current round (k-fold members trained on all labelled tiles, or the
+    given members, e.g. a search's best trials), and its report: ensemble against each member on
+    the held-out tiles, where there are any."""
+    round_ = project.current_round
+    folder = project.round_dir(round_)
+    if members is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        members.save(folder)
+        ensemble = members
+    else:
+        labelled_ids = project.pool.ids(LABELLED)
+        if not labelled_ids:
+            raise MicroalError("al: nothing is labelled yet; label some tiles (or ingest a few masks) first")
+        ensemble = train_ensemble(
+            project.config,
+            project.tiles_root,
+            project.tiles(labelled_ids),
+            folder,
+            project.config.al.members,
+            seed=round_,
+            label_store=str(project.labels.root),
+            address=address,
+            init_from=previous_ensemble(project) if project.config.al.warm_start else None,
+        )
+    ray_backend.init_ray(address)
+    report = None
+    heldout = project.heldout_tiles()
+    if not heldout.empty:
+        parts = ensemble.map_tiles(
+            project.tiles_root, heldout.tile_id.tolist(), TileScorer.pixel_counts, project.config
+        )
+        report = ensemble_report(np.sum(parts, axis=0), project.config.class_names)
+        with atomic_path(folder / REPORT_FILE) as tmp:
+            report.to_csv(tmp, index=False)
+    return ensemble, report
+
+
+def score_round(project: ALProject, ensemble: Ensemble | None = None, seed: int = 0) -> pd.DataFrame:
+    """Score every unlabelled tile with the round's ensemble; write scores.parquet (one row per
+    tile and acquisition: tile id, acquisition, reduction, score, model version) and embeddings."""
+    round_ = project.current_round
+    folder = project.round_dir(round_)
+    ensemble = ensemble or Ensemble.load(folder)
+    if ensemble is None:
+        raise MicroalError(f"al score: round {round_} has no ensemble yet; run `microal al ensemble` first")
+    al = project.config.al
+    candidates = project.pool.ids(UNLABELLED)
+    if not candidates:
+        raise MicroalError("al score: no unlabelled tile left in the pool")
+    acquisitions = sorted({al.acquisition, "random"})
+    score = partial(
+        TileScorer.score,
+        acquisitions=acquisitions,
+        reduction=al.reduction,
+        top_fraction=al.top_fraction,
+        seed=seed + round_,
+    )
+    batches = ensemble.map_tiles(project.tiles_root, candidates, score, project.config)
+    table, embeddings = score_table(batches, project.tileset.tiles, ensemble.version)
+    with atomic_path(folder / SCORES_FILE) as tmp:
+        table.to_parquet(tmp, index=False)
+    with atomic_path(folder / EMBEDDINGS_FILE) as tmp:
+        embeddings.set_axis([str(c) for c in embeddings.columns], axis=1).to_parquet(tmp)
+    return table
+
+
+def select_round(project: ALProject, k: int | None = None, acquisition: str | None = None) -> pd.DataFrame:
+    """Choose the next batch from the round's score table (nothing is scored here). Tiles
+    already queued, labelled or rejected are never chosen."""
+    al = project.config.al
+    folder = project.round_dir(project.current_round)
+    if not (folder / SCORES_FILE).exists():
+        raise MicroalError(f"al select: no score table in {folder}; run `microal al score` first")
+    scores = pd.read_parquet(folder / SCORES_FILE)
+    acquisition = acquisition or al.acquisition
+    scores = scores[scores.acquisition == acquisition]
+    if scores.empty:
+        raise MicroalError(f"al select: the score table has no {acquisition!r} scores")
+    embeddings = pd.read_parquet(folder / EMBEDDINGS_FILE)
+    busy = set(project.pool.table.tile_id[project.pool.table.state.isin([QUEUED, LABELLED, REJECTED])])
+    settings = SelectionSettings(
+        k=k or al.batch_size,
+        per_image_cap=al.per_image_cap,
+        diversity="none" if acquisition == "random" else al.diversity,
+        candidates_factor=al.candidates_factor,
+        stratify_by_domain=al.stratify_by_domain,
+    )
+    chosen = select_batch(scores, settings, exclude=busy, embeddings=embeddings, labelled=project.pool.ids(LABELLED))
+    selection = scores.set_index("tile_id").loc[chosen].reset_index()
+    selection = selection.merge(project.tileset.tiles[["tile_id", "row", "col", "y", "x"]], on="tile_id")
+    with atomic_path(folder / SELECTION_FILE) as tmp:
+        selection.to_csv(tmp, index=False)
+    return selection

@@ -1,0 +1,159 @@
+"""Scoring tiles with an ensemble: member probabilities -> acquisition scores, embeddings,
+ensemble masks and held-out pixel counts. Plain PyTorch; the Ray backend runs it in actors: a
+`ScorerFactory` builds one TileScorer per actor, and an operation (a TileScorer method, bound to
+its settings with functools.partial) is applied to each batch of tile ids.
+
+An ensemble is a list of microal model files (k-fold members, or the best trials of a search);
+its prediction is the mean of the members' probabilities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from microal.active.acquisition import tile_scores
+from microal.data.datasets import WindowSource, standardise
+from microal.data.tiles import load_tiles
+from microal.data.tiling import IGNORE_INDEX, crop_centre
+from microal.models.metrics import PixelCounts
+from microal.models.model_file import load_model
+
+
+def model_version(member_files: list[str | Path]) -> str:
+    """A short id of an ensemble: the hash of its members' bytes (same files, same version)."""
+    digest = hashlib.sha256()
+    for path in member_files:
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()[:12]
+
+
+@dataclass
+class ScoreBatch:
+    tile_ids: list[str]
+    scores: dict[str, np.ndarray]  # "acquisition/reduction" -> [tiles]
+    embeddings: np.ndarray  # [tiles, D]: pooled deepest encoder features of the first member
+
+
+class TileScorer:
+    """Holds the ensemble members and reads tile windows from the tile set itself."""
+
+    def __init__(self, member_files: list[str], tiles_root: str, device: str = "cpu", threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.members = [load_model(path, device=device) for path in member_files]
+        self.device = device
+        self.tileset = load_tiles(tiles_root)
+        self.tiles = self.tileset.tiles.set_index("tile_id", drop=False)
+        self.margin = self.tileset.tiling.margin
+        self._sources: dict[str, WindowSource] = {}
+
+    def _source(self, image_id: str) -> WindowSource:
+        if image_id not in self._sources:
+            self._sources[image_id] = WindowSource(self.tileset, [image_id])
+        return self._sources[image_id]
+
+    def _windows(self, tile_ids: list[str]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Standardised windows [tiles, 1, W, W], their true centre masks [tiles, T, T] (255 where
+        unknown) and which centre pixels lie inside the image [tiles, T, T]."""
+        images, masks, valid = [], [], []
+        for tile_id in tile_ids:
+            tile = self.tiles.loc[tile_id]
+            source = self._source(tile.image_id)
+            image, mask = source.cut(tile.image_id, int(tile.y), int(tile.x))
+            images.append(standardise(np.array(image), *source.stats(tile.image_id))[None])
+            valid.append(self.tileset.grid(tile.image_id).centre_inside(int(tile.y), int(tile.x)))
+            masks.append(np.full(image.shape, IGNORE_INDEX, np.uint8) if mask is None else np.array(mask))
+        return torch.from_numpy(np.stack(images)), crop_centre(np.stack(masks), self.margin), np.stack(valid)
+
+    @torch.no_grad()
+    def probabilities(self, batch: torch.Tensor, with_embeddings: bool = False):
+        """[members, tiles, classes, T, T] on tile centres (and [tiles, D] embeddings)."""
+        batch = batch.to(self.device)
+        probs, embeddings = [], None
+        for index, member in enumerate(self.members):
+            net = member.net
+            if with_embeddings and index == 0:
+                features = net.encoder(batch)
+                embeddings = features[-1].mean(dim=(2, 3)).cpu().numpy()
+                logits = net.segmentation_head(net.decoder(features))
+            else:
+                logits = net(batch)
+            probs.append(torch.softmax(crop_centre(logits, self.margin), dim=1).cpu().numpy())
+        return np.stack(probs), embeddings
+
+    def score(
+        self,
+        tile_ids: list[str],
+        acquisitions: list[str],
+        reduction: str = "mean",
+        top_fraction: float = 0.1,
+        seed: int = 0,
+    ) -> ScoreBatch:
+        images, _, valid = self._windows(tile_ids)
+        probs, embeddings = self.probabilities(images, with_embeddings=True)
+        rng = np.random.default_rng([seed, int(hashlib.sha256("".join(tile_ids).encode()).hexdigest()[:8], 16)])
+        scores = {
+            f"{name}/{reduction}": tile_scores(probs, name, reduction, top_fraction, rng=rng, valid=valid)
+            for name in acquisitions
+        }
+        return ScoreBatch(list(tile_ids), scores, embeddings)
+
+    def ensemble_masks(self, tile_ids: list[str]) -> np.ndarray:
+        """The ensemble's label per pixel of each tile centre: [tiles, T, T] (pre-annotations)."""
+        images, _, _ = self._windows(tile_ids)
+        probs, _ = self.probabilities(images)
+        return probs.mean(axis=0).argmax(axis=1).astype(np.uint8)
+
+    def pixel_counts(self, tile_ids: list[str]) -> np.ndarray:
+        """Pixel counts [3, classes] against the tile set's masks, of the ensemble and of every
+        member: [1 + members, 3, classes]."""
+        images, masks, _ = self._windows(tile_ids)
+        probs, _ = self.probabilities(images)
+        num_classes = probs.shape[2]
+        results = [PixelCounts.from_masks(probs.mean(axis=0).argmax(axis=1), masks, num_classes).as_array()]
+        results += [PixelCounts.from_masks(p.argmax(axis=1), masks, num_classes).as_array() for p in probs]
+        return np.stack(results)
+
+
+@dataclass(frozen=True)
+class ScorerFactory:
+    """Builds a TileScorer where it runs (in a scoring actor): only file names travel."""
+
+    member_files: tuple[str, ...]
+    tiles_root: str
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __call__(self) -> TileScorer:
+        return TileScorer(list(self.member_files), self.tiles_root, device=self.device, threads=self.threads)
+
+
+def score_table(batches: list[ScoreBatch], tiles: pd.DataFrame, version: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """Long score table (tile id, acquisition, reduction, score, model version) and embeddings."""
+    rows = []
+    for batch in batches:
+        for key, values in batch.scores.items():
+            acquisition, reduction = key.split("/")
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "tile_id": batch.tile_ids,
+                        "acquisition": acquisition,
+                        "reduction": reduction,
+                        "score": values.astype(float),
+                        "model_version": version,
+                    }
+                )
+            )
+    table = pd.concat(rows, ignore_index=True)
+    info = tiles.set_index("tile_id").loc[table.tile_id, ["image_id", "domain"]].reset_index(drop=True)
+    table = pd.concat([table, info], axis=1)
+    order = [t for b in batches for t in b.tile_ids]
+    embeddings = np.concatenate([b.embeddings for b in batches]) if batches else np.zeros((0, 0))
+    return table, pd.DataFrame(embeddings, index=order)

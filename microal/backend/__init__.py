@@ -1,0 +1,1 @@
+"""Where jobs are executed: Ray (the one module that imports it)."""

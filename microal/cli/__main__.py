@@ -1,0 +1,5 @@
+import sys
+
+from microal.cli.main import main
+
+sys.exit(main())

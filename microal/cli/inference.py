@@ -1,0 +1,90 @@
+"""`microal predict`, `evaluate`, `compare`: full-size masks from a model and what they are worth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from microal.cli.common import add_config, project_config, workspace
+from microal.errors import MicroalError
+
+
+def cmd_predict(args) -> None:
+    from microal.data.catalog import read_catalog
+    from microal.inference.predict import PREDICTIONS_TABLE, predict_catalog
+    from microal.models.model_file import MODEL_FILE
+
+    ws = workspace(args)
+    model = Path(args.model) if args.model else ws.run(args.name) / f"best_{MODEL_FILE}"
+    catalog = read_catalog(ws.catalog)
+    if args.domain:
+        catalog = catalog[catalog.domain.isin(args.domain)]
+    if catalog.empty:
+        raise MicroalError("no catalog image matches the selection")
+    out = Path(args.out) if args.out else ws.predictions(args.name)
+    table = predict_catalog(model, catalog, out)
+    print(f"wrote {len(table)} masks to {out / 'masks'}; phase fractions: {out / PREDICTIONS_TABLE}")
+
+
+def cmd_evaluate(args) -> None:
+    from microal.data.catalog import read_catalog
+    from microal.inference.evaluate import evaluate_predictions, format_table
+
+    ws = workspace(args)
+    predictions = Path(args.predictions) if args.predictions else ws.predictions(args.name)
+    out = Path(args.out) if args.out else ws.evaluation(args.name)
+    result = evaluate_predictions(
+        predictions,
+        read_catalog(ws.catalog),
+        project_config(args),
+        out,
+        source_domain=args.source_domain,
+        source_miou=args.source_miou,
+        overlays=not args.no_overlays,
+    )
+    print(format_table(result.per_domain))
+    print(f"tables: {out / 'per_image.csv'}, {out / 'per_domain.csv'}; overlays: {out / 'overlays'}")
+
+
+def cmd_compare(args) -> None:
+    from microal.data.catalog import read_catalog
+    from microal.inference.compare import compare_runs
+    from microal.inference.evaluate import format_table
+
+    ws = workspace(args)
+    out = Path(args.out) if args.out else ws.evaluation("compare-" + "-".join(args.runs))
+    table = compare_runs(
+        ws,
+        read_catalog(ws.catalog),
+        project_config(args),
+        args.runs,
+        out,
+        source_domain=args.source_domain,
+        figure_domain=args.figure_domain,
+    )
+    print(format_table(table))
+    print(f"table: {out / 'compare.csv'}; overlays side by side: {out / 'compare.png'}")
+
+
+def add_predict(p) -> None:
+    p.add_argument("--name", default="run", help="run whose best model to use")
+    p.add_argument("--model", help="a model file instead of the run's best_model.pt")
+    p.add_argument("--domain", nargs="*", help="only images of these domains")
+    p.add_argument("--out", help="output folder (default <workdir>/predictions/NAME)")
+
+
+def add_evaluate(p) -> None:
+    add_config(p)
+    p.add_argument("--name", default="run")
+    p.add_argument("--predictions", help="predictions folder (default <workdir>/predictions/NAME)")
+    p.add_argument("--out", help="output folder (default <workdir>/evaluation/NAME)")
+    p.add_argument("--source-domain", help="domain whose held-out mIoU is the RDT reference")
+    p.add_argument("--source-miou", type=float, help="a source mIoU to use as the RDT reference instead")
+    p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+
+
+def add_compare(p) -> None:
+    add_config(p)
+    p.add_argument("--runs", nargs="+", required=True, help="run names to compare")
+    p.add_argument("--source-domain", help="domain whose held-out mIoU is the RDT reference")
+    p.add_argument("--figure-domain", help="show images of this domain in the figure (default: any)")
+    p.add_argument("--out", help="output folder (default <workdir>/evaluation/compare-RUNS)")

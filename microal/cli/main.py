@@ -1,0 +1,106 @@
+"""The `microal` command: a table of subcommands, each a small function in its group's module.
+
+Every command works inside a work folder (``--workdir``, default ``microal-work``; its layout:
+microal.workspace): catalog.parquet, tiles/, runs/<name>/, predictions/<name>/, evaluation/<name>/,
+tune/<name>/, al/<name>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from microal.cli import active, data, inference, labelstudio, training
+from microal.cli.common import add_workdir
+from microal.errors import MicroalError
+
+
+def cmd_demo(args) -> None:
+    from microal.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs)
+
+
+def add_demo(p) -> None:
+    p.add_argument("--out", help="folder for everything the demo makes (default microal-demo-<time>)")
+    p.add_argument("--epochs", type=int, help="override the training epochs (default from the synthetic config)")
+
+
+# Commands that work inside a work folder get --workdir (the al and labelstudio steps add their own).
+IN_WORKDIR = {"ingest", "tile", "train", "adapt", "pretrain", "tune", "predict", "evaluate", "compare"}
+
+COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
+    "synth": ("generate a synthetic two-domain micrograph set with exact masks", data.add_synth, data.cmd_synth),
+    "ingest": ("register micrographs, masks and metadata in the catalog", data.add_ingest, data.cmd_ingest),
+    "tile": ("resample to one physical scale and cut overlapping tiles", data.add_tile, data.cmd_tile),
+    "train": ("supervised training as a Ray Train job", training.add_train, training.cmd_train),
+    "adapt": (
+        "unsupervised domain adaptation (AdaptSegNet, ADVENT) as a Ray Train job",
+        training.add_adapt,
+        training.cmd_adapt,
+    ),
+    "pretrain": (
+        "encoder pre-training (classification head or SimCLR) as a Ray Train job",
+        training.add_pretrain,
+        training.cmd_pretrain,
+    ),
+    "tune": (
+        "hyperparameter search: Ray Tune + Optuna TPE + ASHA, each trial a Ray Train job",
+        training.add_tune,
+        training.cmd_tune,
+    ),
+    "predict": (
+        "full-size masks and phase fractions from a trained model",
+        inference.add_predict,
+        inference.cmd_predict,
+    ),
+    "evaluate": (
+        "mIoU, per-class IoU, phase-fraction error, RDT, overlays",
+        inference.add_evaluate,
+        inference.cmd_evaluate,
+    ),
+    "al": ("active learning: init, ensemble, score, select, push, pull, run, simulate", active.add_al, None),
+    "labelstudio": ("a local Label Studio server, and the labelling config", labelstudio.add_labelstudio, None),
+    "compare": (
+        "score several runs on the same images: table and overlays side by side",
+        inference.add_compare,
+        inference.cmd_compare,
+    ),
+    "demo": ("synth -> ingest -> tile -> train -> predict -> evaluate on generated data", add_demo, cmd_demo),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="microal",
+        description="From steel micrographs to trained segmentation models with the fewest expert hours.",
+        epilog="Run `microal COMMAND --help` for a command's options; `microal demo` shows the whole pipeline.",
+    )
+    workdir = argparse.ArgumentParser(add_help=False)
+    add_workdir(workdir)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (summary, add_arguments, handler) in COMMANDS.items():
+        parents = [workdir] if name in IN_WORKDIR else []
+        p = sub.add_parser(name, help=summary, description=summary, parents=parents)
+        add_arguments(p)
+        if handler is not None:  # groups (al, labelstudio) set their steps' handlers
+            p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except MicroalError as error:
+        print(f"microal {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"microal {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

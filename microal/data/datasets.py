@@ -1,0 +1,127 @@
+"""Torch datasets over a tile set: windows cut from the padded arrays, augmented, standardised."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from microal.data.labels import LabelStore
+from microal.data.tiles import TileSet
+from microal.data.tiling import IGNORE_INDEX
+
+
+def standardise(window: np.ndarray, mean: float, std: float) -> np.ndarray:
+    return ((window - mean) / std).astype(np.float32)
+
+
+class WindowSource:
+    """Loads each image's padded arrays once and cuts windows from them."""
+
+    def __init__(
+        self, tileset: TileSet, image_ids: list[str], mask_ids: set[str] | None = None, labels: LabelStore | None = None
+    ):
+        """Masks are loaded for `mask_ids` only (default: all): a UDA target never sees its labels.
+        With `labels` (an active-learning label store) masks come from there instead of the
+        tile set, so only labels revealed so far are used."""
+        self.tileset = tileset
+        self.window = tileset.tiling.window
+        self._images = {i: tileset.image_array(i, mmap=False) for i in image_ids}
+        mask_ids = set(image_ids) if mask_ids is None else mask_ids
+        self._masks = {i: self._mask(i, labels) if i in mask_ids else None for i in image_ids}
+        self._stats = {
+            i: (float(tileset.images.loc[i, "mean"]), float(tileset.images.loc[i, "std"])) for i in image_ids
+        }
+
+    def _mask(self, image_id: str, labels: LabelStore | None) -> np.ndarray | None:
+        if labels is None:
+            return self.tileset.mask_array(image_id, mmap=False)
+        return labels.read(image_id)
+
+    def cut(self, image_id: str, y: int, x: int) -> tuple[np.ndarray, np.ndarray | None]:
+        sl = (slice(y, y + self.window), slice(x, x + self.window))
+        mask = self._masks[image_id]
+        return self._images[image_id][sl], None if mask is None else mask[sl]
+
+    def stats(self, image_id: str) -> tuple[float, float]:
+        return self._stats[image_id]
+
+    def class_pixel_counts(self, num_classes: int) -> np.ndarray:
+        """Labelled pixels of each class over all loaded images (padding excluded)."""
+        counts = np.zeros(num_classes, dtype=np.int64)
+        for mask in self._masks.values():
+            if mask is not None:
+                counts += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=num_classes)[:num_classes]
+        return counts
+
+
+class TileDataset(Dataset):
+    """Labelled windows for training or validation.
+
+    ``sampling="grid"`` yields each tile of the table once; ``"random"`` yields
+    ``samples_per_epoch`` windows re-drawn every epoch via ``set_epoch``: with ``around="image"``
+    anywhere in the listed tiles' images (more variety from a handful of whole-image masks), with
+    ``around="tile"`` within half a tile of a listed tile, for labels that exist at those tiles only
+    (an active-learning label store: a window anywhere in the image would mostly cover unlabelled,
+    ignored pixels).
+    """
+
+    def __init__(
+        self,
+        tileset: TileSet,
+        tiles: pd.DataFrame,
+        augment=None,
+        sampling: str = "grid",
+        samples_per_epoch: int | None = None,
+        seed: int = 0,
+        labels: LabelStore | None = None,
+        around: str = "image",
+    ):
+        if around not in ("image", "tile"):
+            raise ValueError(f"around must be 'image' or 'tile', not {around!r}")
+        self.tiles = tiles.reset_index(drop=True)
+        labelled = set(self.tiles.image_id[self.tiles.labelled.astype(bool)])
+        self.source = WindowSource(tileset, sorted(self.tiles.image_id.unique()), mask_ids=labelled, labels=labels)
+        self.augment = augment
+        self.sampling = sampling
+        self.samples_per_epoch = samples_per_epoch or len(self.tiles)
+        self.seed = seed
+        self.around = around
+        self.tile_size = tileset.tiling.tile_size
+        self.epoch = 0
+        # Largest window corner per image: random windows stay inside the padded array.
+        self._extent = self.tiles.groupby("image_id")[["y", "x"]].max()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch if self.sampling == "random" else len(self.tiles)
+
+    def _position(self, index: int) -> tuple[str, int, int]:
+        if self.sampling == "grid":
+            tile = self.tiles.iloc[index]
+            return tile.image_id, int(tile.y), int(tile.x)
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        tile = self.tiles.iloc[int(rng.integers(len(self.tiles)))]
+        y_max, x_max = (int(v) for v in self._extent.loc[tile.image_id])
+        if self.around == "image":  # centres fall anywhere in the (padded) image
+            return tile.image_id, int(rng.integers(0, y_max + 1)), int(rng.integers(0, x_max + 1))
+        # Within half a tile of the tile: at least a quarter of the centre stays on its labels.
+        half = self.tile_size // 2
+        y = int(np.clip(int(tile.y) + rng.integers(-half, half + 1), 0, y_max))
+        x = int(np.clip(int(tile.x) + rng.integers(-half, half + 1), 0, x_max))
+        return tile.image_id, y, x
+
+    def __getitem__(self, index: int):
+        image_id, y, x = self._position(index)
+        image, mask = self.source.cut(image_id, y, x)
+        image = np.array(image)
+        # Unlabelled images (a UDA target, a pool) get an all-ignore mask.
+        mask = np.full(image.shape, IGNORE_INDEX, np.uint8) if mask is None else np.array(mask)
+        if self.augment is not None:
+            out = self.augment(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        mean, std = self.source.stats(image_id)
+        return torch.from_numpy(standardise(image, mean, std)[None]), torch.from_numpy(mask.astype(np.int64))

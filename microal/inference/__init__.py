@@ -1,0 +1,1 @@
+"""Inference: full-size prediction, evaluation, comparison of runs, and plots."""

@@ -1,0 +1,340 @@
+"""Active learning with experts in Label Studio: push a round's selection as tasks with the
+ensemble's pre-annotation, pull finished annotations back into the label store, and keep
+the loop going by itself (`microal al run`).
+
+Everything the loop knows is on disk (pool, label store, annotations.parquet, rounds/), and
+Label Studio is asked what it already has before anything is created, so killing and
+restarting the loop, or restarting Label Studio, loses no annotation and creates no duplicate.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from microal.active.acquisition import score_scale
+from microal.active.ensemble import Ensemble
+from microal.active.pool import LABELLED, QUEUED, UNLABELLED
+from microal.active.rounds import ALProject, score_round, select_round, train_round_ensemble
+from microal.active.scoring import TileScorer
+from microal.files import atomic_path
+from microal.labelstudio.annotations import agreement, consolidate
+from microal.labelstudio.client import LabelStudioClient, mask_to_results, results_flags, results_to_mask
+from microal.labelstudio.config import FLAG_UNSURE, REJECTING_FLAGS, label_config
+
+
+@dataclass
+class LabelStudioTarget:
+    """The Label Studio project of an active-learning project, and where its tile images go."""
+
+    client: LabelStudioClient
+    project_id: int
+    files_dir: Path
+    files_root: Path
+
+    def image_url(self, tile_id: str) -> str:
+        relative = (self.files_dir / f"{tile_id}.png").relative_to(self.files_root)
+        return f"/data/local-files/?d={relative.as_posix()}"
+
+
+def connect(project: ALProject, client: LabelStudioClient, workdir: Path) -> LabelStudioTarget:
+    settings = project.config.labelstudio
+    files_root = Path(settings.files_root or workdir).resolve()
+    files_dir = project.folders.ls_files.resolve()
+    if files_root not in files_dir.parents:
+        raise ValueError(f"labelstudio.files_root {files_root} must contain the tile folder {files_dir}")
+    files_dir.mkdir(parents=True, exist_ok=True)
+    title = settings.project_title or f"microal {project.root.name}"
+    project_id = client.ensure_project(title, label_config(project.config))
+    client.set_overlap(project_id, settings.annotators_per_tile)
+    client.ensure_local_storage(project_id, str(files_dir))
+    return LabelStudioTarget(client, project_id, files_dir, files_root)
+
+
+def _write_tile_png(project: ALProject, tile: pd.Series, path: Path) -> None:
+    """The tile centre the expert labels, as 8-bit grey (what the network sees, un-standardised)."""
+    grid = project.tileset.grid(tile.image_id)
+    array = project.tileset.image_array(tile.image_id)
+    centre = np.clip(np.array(array[grid.centre_slices(int(tile.y), int(tile.x))]), 0, 1)
+    with atomic_path(path) as tmp:
+        Image.fromarray((centre * 255).round().astype(np.uint8)).save(tmp, format="PNG")
+
+
+@dataclass
+class PushReport:
+    created: list[str] = field(default_factory=list)
+    already_there: list[str] = field(default_factory=list)  # found in Label Studio, recorded in the pool
+
+
+def push(project: ALProject, target: LabelStudioTarget, selection: pd.DataFrame, ensemble: Ensemble) -> PushReport:
+    """Queue the selected tiles as tasks with the ensemble's mask as a pre-annotation and the
+    acquisition score as the prediction score. Idempotent: a tile is never queued twice."""
+    report = PushReport()
+    pool = project.pool
+    round_ = project.current_round + 1
+    existing = target.client.tasks_by_tile(target.project_id)
+    # Tasks Label Studio has but the pool does not know of (a crash between the two): record them.
+    states = pool.table.set_index("tile_id").state
+    orphans = [t for t in existing if t in states.index and states[t] == UNLABELLED]
+    if orphans:
+        pool.mark_queued(orphans, round_, task_ids=[existing[t] for t in orphans])
+        report.already_there = orphans
+    states = pool.table.set_index("tile_id").state
+    new = selection[selection.tile_id.map(lambda t: t not in existing and states.get(t) == UNLABELLED)]
+    if new.empty:
+        return report
+    tiles = project.tiles(new.tile_id)
+    for _, tile in tiles.iterrows():
+        _write_tile_png(project, tile, target.files_dir / f"{tile.tile_id}.png")
+    masks = np.concatenate(
+        ensemble.map_tiles(
+            project.tiles_root, new.tile_id.tolist(), TileScorer.ensemble_masks, project.config, actors=1
+        )
+    )
+    names = project.config.class_names
+    # Label Studio shows prediction scores as percentages: the acquisition score on its own
+    # [0, 1] scale (entropy and BALD over log C), so experts can sort by it.
+    scale = score_scale(str(new.acquisition.iloc[0]), len(names)) if "acquisition" in new else 1.0
+    tasks = []
+    for (_, row), mask in zip(new.iterrows(), masks):
+        tile = tiles.loc[row.tile_id]
+        tasks.append(
+            {
+                "data": {
+                    "image": target.image_url(row.tile_id),
+                    "tile_id": row.tile_id,
+                    "image_id": tile.image_id,
+                    "domain": str(tile.domain),
+                    "round": round_,
+                    "acquisition_score": float(row.score),
+                },
+                "predictions": [
+                    {
+                        "result": mask_to_results(mask, names),
+                        "score": min(1.0, float(row.score) / scale),
+                        "model_version": ensemble.version,
+                    }
+                ],
+            }
+        )
+    task_ids = target.client.create_tasks(target.project_id, tasks)
+    pool.mark_queued(new.tile_id.tolist(), round_, task_ids=task_ids)
+    report.created = new.tile_id.tolist()
+    return report
+
+
+@dataclass
+class PullReport:
+    labelled: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)  # labelled before, annotation changed since
+    rejected: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # fewer annotators than required so far
+
+
+def _annotations_table(project: ALProject) -> pd.DataFrame:
+    path = project.folders.annotations
+    return (
+        pd.read_parquet(path)
+        if path.exists()
+        else pd.DataFrame(
+            columns=[
+                "annotation_id",
+                "task_id",
+                "tile_id",
+                "annotator",
+                "lead_time",
+                "was_cancelled",
+                "updated_at",
+                "flags",
+                "round",
+            ]
+        )
+    )
+
+
+def pull(project: ALProject, target: LabelStudioTarget) -> PullReport:
+    """Bring finished annotations back: consolidated masks into the label store, flagged or
+    skipped tiles recorded as rejected, every annotation's lead time kept."""
+    report = PullReport()
+    pool = project.pool
+    table = pool.table.set_index("tile_id")
+    records = [r for r in target.client.annotations(target.project_id) if r.tile_id in table.index]
+    known = _annotations_table(project)
+    seen = set(zip(known.annotation_id.astype(int), known.updated_at.astype(str)))
+    by_tile: dict[str, list] = {}
+    for record in records:
+        by_tile.setdefault(record.tile_id, []).append(record)
+    names = project.config.class_names
+    size = project.tileset.tiling.tile_size
+    needed = project.config.labelstudio.annotators_per_tile
+    tiles = project.tileset.tiles.set_index("tile_id", drop=False)
+    rows = []
+    for tile_id, tile_records in sorted(by_tile.items()):
+        round_ = int(table.loc[tile_id, "round"])
+        for r in tile_records:
+            rows.append(
+                {
+                    "annotation_id": r.annotation_id,
+                    "task_id": r.task_id,
+                    "tile_id": tile_id,
+                    "annotator": r.annotator,
+                    "lead_time": r.lead_time,
+                    "was_cancelled": r.was_cancelled,
+                    "updated_at": r.updated_at,
+                    "flags": ",".join(results_flags(r.result)),
+                    "round": round_,
+                }
+            )
+        if all((r.annotation_id, r.updated_at) in seen for r in tile_records) and table.loc[tile_id, "state"] != QUEUED:
+            continue  # nothing new for this tile
+        submitted = [r for r in tile_records if not r.was_cancelled]
+        flags = sorted({f for r in submitted for f in results_flags(r.result)})
+        if not submitted:
+            pool.mark_rejected([tile_id], round_, note="skipped")
+            report.rejected.append(tile_id)
+            continue
+        if REJECTING_FLAGS & set(flags):
+            pool.mark_rejected([tile_id], round_, note=",".join(flags))
+            report.rejected.append(tile_id)
+            continue
+        if len(submitted) < needed:
+            report.waiting.append(tile_id)
+            continue
+        masks = [results_to_mask(r.result, names, (size, size)) for r in submitted]
+        project.labels.write(tiles.loc[tile_id], consolidate(masks, len(names)))
+        was_labelled = table.loc[tile_id, "state"] == LABELLED
+        agreed = agreement(masks, len(names))
+        note = f"annotators={len(masks)}; agreement={agreed:.3f}" + ("; unsure" if FLAG_UNSURE in flags else "")
+        pool.mark_labelled([tile_id], round_, note=note, annotators=len(masks), agreement=agreed)
+        (report.updated if was_labelled else report.labelled).append(tile_id)
+    if rows:
+        # Keep annotations Label Studio no longer lists (a reset server must not erase the record).
+        merged = pd.concat([known, pd.DataFrame(rows)], ignore_index=True)
+        merged = merged.drop_duplicates("annotation_id", keep="last")
+        with atomic_path(project.folders.annotations) as tmp:
+            merged.to_parquet(tmp, index=False)
+    return report
+
+
+def label_cost(project: ALProject) -> pd.DataFrame:
+    """Expert time per round (from Label Studio's lead_time) and agreement where tiles had several experts."""
+    table = _annotations_table(project)
+    if table.empty:
+        return pd.DataFrame(columns=["round", "annotations", "tiles", "hours", "mean_seconds_per_tile"])
+    table["lead_time"] = pd.to_numeric(table.lead_time, errors="coerce").fillna(0.0)
+    cost = (
+        table.groupby("round")
+        .agg(annotations=("annotation_id", "size"), tiles=("tile_id", "nunique"), seconds=("lead_time", "sum"))
+        .reset_index()
+    )
+    cost["hours"] = cost.seconds / 3600
+    cost["mean_seconds_per_tile"] = cost.seconds / cost.tiles
+    pool = project.pool.table
+    several = pool[pool.annotators.fillna(0) > 1]
+    if not several.empty:
+        cost = cost.merge(several.groupby("round").agreement.mean().rename("mean_agreement"), on="round", how="left")
+    return cost.drop(columns="seconds")
+
+
+class WebhookListener:
+    """Answers Label Studio's webhook at once (it waits only 1 s) and wakes the loop up."""
+
+    def __init__(self, port: int):
+        self.event = threading.Event()
+        event = self.event
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+                event.set()
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{port}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait(self, seconds: float) -> bool:
+        woke = self.event.wait(seconds)
+        self.event.clear()
+        return woke
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_round(project: ALProject, target: LabelStudioTarget, address: str | None = None) -> tuple[int, PushReport]:
+    """Train the current round's ensemble on everything labelled, score the pool, select, push."""
+    round_ = project.current_round
+    ensemble, report = train_round_ensemble(project, address=address)
+    if report is not None:
+        print(
+            f"round {round_}: held-out mIoU ensemble {report.miou.iloc[0]:.4f}, members "
+            f"{', '.join(f'{v:.4f}' for v in report.miou.iloc[1:])}",
+            flush=True,
+        )
+    if not project.pool.ids(UNLABELLED):
+        return round_, PushReport()
+    score_round(project, ensemble)
+    selection = select_round(project)
+    pushed = push(project, target, selection, ensemble)
+    print(
+        f"round {round_}: queued {len(pushed.created)} tiles in Label Studio "
+        f"({len(pushed.already_there)} found there already)",
+        flush=True,
+    )
+    return round_, pushed
+
+
+def run_loop(
+    project: ALProject,
+    target: LabelStudioTarget,
+    until_round: int | None = None,
+    address: str | None = None,
+    stop: threading.Event | None = None,
+    listener: WebhookListener | None = None,
+) -> None:
+    """Pull, and when at least labelstudio.min_new_annotations tiles got labels since the last
+    training (or every queued tile is done), retrain, rescore and push the next batch.
+    Stops after the ensemble of `until_round` is trained (and its batch pushed)."""
+    settings = project.config.labelstudio
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        pulled = pull(project, target)
+        if pulled.labelled or pulled.rejected or pulled.updated:
+            print(
+                f"pulled: {len(pulled.labelled)} labelled, {len(pulled.updated)} updated, "
+                f"{len(pulled.rejected)} rejected, {len(pulled.waiting)} waiting for more annotators",
+                flush=True,
+            )
+        done = project.trained_rounds()
+        table = project.pool.table
+        last = done[-1] if done else None
+        new = int(((table.state == LABELLED) & (table["round"] > (last if last is not None else -1))).sum())
+        queued = int((table.state == QUEUED).sum())
+        if last is None or new >= settings.min_new_annotations or (queued == 0 and new > 0):
+            round_, _ = run_round(project, target, address)
+            if until_round is not None and round_ >= until_round:
+                break
+            continue
+        if until_round is not None and last is not None and last >= until_round:
+            break
+        if queued == 0 and not (table.state == UNLABELLED).any():
+            print("the pool is exhausted: every tile is labelled or rejected", flush=True)
+            break
+        if listener is not None:
+            listener.wait(settings.poll_seconds)
+        else:
+            stop.wait(settings.poll_seconds)

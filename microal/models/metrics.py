@@ -1,0 +1,74 @@
+"""Segmentation metrics: per-class IoU from pixel counts (smp's metric functions), mIoU, phase
+fractions and relative domain transferability.
+
+IoU is computed from counts summed over everything evaluated (all pixels of all images in a set),
+not averaged per image, so a small image does not weigh as much as a large one. A class that
+appears in neither prediction nor truth has no IoU (NaN) and is left out of the mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+
+from microal.data.tiling import IGNORE_INDEX
+
+
+@dataclass
+class PixelCounts:
+    """True positives, false positives and false negatives per class."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+
+    @classmethod
+    def zeros(cls, num_classes: int) -> PixelCounts:
+        return cls(*(np.zeros(num_classes, dtype=np.int64) for _ in range(3)))
+
+    @classmethod
+    def from_masks(cls, pred, truth, num_classes: int) -> PixelCounts:
+        pred_t = torch.from_numpy(np.array(pred, dtype=np.int64).reshape(1, -1))
+        truth_t = torch.from_numpy(np.array(truth, dtype=np.int64).reshape(1, -1))
+        tp, fp, fn, _ = smp.metrics.get_stats(
+            pred_t, truth_t, mode="multiclass", num_classes=num_classes, ignore_index=IGNORE_INDEX
+        )
+        return cls(tp.sum(0).numpy(), fp.sum(0).numpy(), fn.sum(0).numpy())
+
+    def __add__(self, other: PixelCounts) -> PixelCounts:
+        return PixelCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
+
+    def as_array(self) -> np.ndarray:
+        return np.stack([self.tp, self.fp, self.fn])
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> PixelCounts:
+        return cls(*(np.asarray(a, dtype=np.int64) for a in array))
+
+    def iou(self) -> np.ndarray:
+        tp, fp, fn = (torch.as_tensor(a) for a in (self.tp, self.fp, self.fn))
+        return smp.metrics.iou_score(
+            tp, fp, fn, torch.zeros_like(tp), reduction="none", zero_division=float("nan")
+        ).numpy()
+
+    def miou(self) -> float:
+        iou = self.iou()
+        return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+
+def phase_fractions(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Area fraction of each class among the labelled pixels."""
+    values = np.asarray(mask).ravel()
+    values = values[values != IGNORE_INDEX]
+    counts = np.bincount(values.astype(np.int64), minlength=num_classes)[:num_classes]
+    return counts / max(counts.sum(), 1)
+
+
+def relative_domain_transferability(miou_target: float, miou_source: float) -> float:
+    """RDT = (mIoU_target - mIoU_source) / mIoU_source: 0 means no loss on the new domain, -0.4 a 40% drop."""
+    if not miou_source > 0:
+        return float("nan")
+    return (miou_target - miou_source) / miou_source

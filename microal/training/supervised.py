@@ -1,0 +1,149 @@
+"""The supervised training loop that runs on every Ray Train worker: the segmentation loss,
+the training and validation windows, and the epochs (shared machinery in ``loop``)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from microal.config import ProjectConfig
+from microal.data.augment import load_pipeline
+from microal.data.datasets import TileDataset
+from microal.data.labels import LabelStore
+from microal.data.tiles import load_tiles
+from microal.data.tiling import IGNORE_INDEX, crop_centre
+from microal.models.factory import build_model, load_model_weights, parameter_groups
+from microal.training.loop import (
+    WorkerSession,
+    begin_epoch,
+    fit_epoch,
+    next_attempt,
+    report_epoch,
+    restore_state,
+    validate,
+)
+from microal.training.payloads import SupervisedData, TrainJob
+
+
+class SegmentationLoss(torch.nn.Module):
+    """(Weighted) cross-entropy + dice_weight x Dice, both ignoring pixels outside the image."""
+
+    def __init__(self, dice_weight: float, class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.dice_weight = dice_weight
+        self.dice = smp.losses.DiceLoss(mode="multiclass", ignore_index=IGNORE_INDEX)
+        self.register_buffer("class_weights", class_weights)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not bool((target != IGNORE_INDEX).any()):
+            # Nothing labelled in the batch: a zero loss (cross-entropy's mean would be 0/0 = nan).
+            return logits.sum() * 0.0
+        loss = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=IGNORE_INDEX)
+        if self.dice_weight:
+            loss = loss + self.dice_weight * self.dice(logits, target)
+        return loss
+
+
+def class_weights(cfg: ProjectConfig, train_set: TileDataset) -> torch.Tensor | None:
+    """The cross-entropy weights the config asks for; `balanced` uses the training masks."""
+    setting = cfg.training.class_weights
+    if setting == "none":
+        return None
+    if isinstance(setting, list):
+        return torch.tensor(setting, dtype=torch.float32)
+    share = train_set.source.class_pixel_counts(cfg.num_classes).astype(np.float64)
+    share /= max(share.sum(), 1)
+    present = share > 0
+    weights = np.zeros_like(share)
+    weights[present] = share[present] ** -0.5
+    weights[~present] = weights[present].max() if present.any() else 1.0
+    weights /= max(float((weights * share).sum()), 1e-12)  # an average pixel keeps weight 1
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def make_loss(cfg: ProjectConfig, train_set: TileDataset, device: torch.device) -> SegmentationLoss:
+    return SegmentationLoss(cfg.training.dice_weight, class_weights(cfg, train_set)).to(device)
+
+
+def training_datasets(
+    data: SupervisedData, cfg: ProjectConfig, tileset, rank: int
+) -> tuple[TileDataset, TileDataset | None]:
+    """The labelled train windows (augmented, sampled as configured) and the validation tiles."""
+    training = cfg.training
+    tiles = tileset.tiles
+    # Active learning names tiles (labelled ones) and a label store; otherwise whole images.
+    named = data.tiles
+    labels = LabelStore(named.label_store, tileset) if named is not None and named.label_store else None
+    if named is not None:
+        train_tiles = tiles[tiles.tile_id.isin(named.train_tiles)].assign(labelled=True)
+        val_tiles = tiles[tiles.tile_id.isin(named.val_tiles)].assign(labelled=True)
+    else:
+        train_tiles = tiles[tiles.image_id.isin(data.train_images) & tiles.labelled]
+        val_tiles = tiles[tiles.image_id.isin(data.val_images) & tiles.labelled]
+    train_set = TileDataset(
+        tileset,
+        train_tiles,
+        augment=load_pipeline(training.augmentation, seed=training.seed + rank),
+        sampling=training.sampling,
+        samples_per_epoch=training.samples_per_epoch if training.sampling == "random" else None,
+        seed=training.seed + 1000 * rank,
+        labels=labels,
+        # Named tiles (active learning) carry the only labels of their images.
+        around="tile" if named is not None else "image",
+    )
+    val_set = TileDataset(tileset, val_tiles, labels=labels) if len(val_tiles) else None
+    return train_set, val_set
+
+
+def train_worker(job: TrainJob, session: WorkerSession) -> None:
+    cfg = job.config
+    training = cfg.training
+    torch.set_num_threads(session.cpus)
+    torch.manual_seed(training.seed)  # same initial weights on every worker
+    tileset = load_tiles(job.tiles_root)
+
+    net = build_model(cfg.model, cfg.num_classes)
+    if job.init_model:
+        load_model_weights(net, job.init_model)
+    net = session.prepare_model(net)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(net, training.lr, training.encoder_lr_factor), weight_decay=training.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=training.epochs)
+    train_set, val_set = training_datasets(job.data, cfg, tileset, session.world_rank)
+    loss_fn = make_loss(cfg, train_set, session.device)
+    loader = session.prepare_loader(
+        DataLoader(
+            train_set, batch_size=training.batch_size, shuffle=True, drop_last=len(train_set) > training.batch_size
+        )
+    )
+
+    stateful = {"optimizer": optimizer, "scheduler": scheduler}
+    start_epoch, history = restore_state(session, net, stateful)
+    attempt = next_attempt(history)
+    margin = cfg.tiling.margin
+
+    def batch_loss(images, masks):
+        return loss_fn(crop_centre(net(images), margin), crop_centre(masks, margin))
+
+    for epoch in range(start_epoch, training.epochs):
+        started = time.time()
+        begin_epoch(epoch, [train_set], [loader])
+        metrics: dict[str, float] = {
+            "epoch": epoch + 1,
+            "train_loss": fit_epoch(net, loader, optimizer, batch_loss, session),
+        }
+        scheduler.step()
+        if val_set is not None:
+            net.eval()
+            metrics.update(validate(net, val_set, cfg, session, loss_fn))
+        else:
+            metrics["val_miou"] = float("nan")
+        metrics.update(epoch_seconds=time.time() - started, lr=optimizer.param_groups[1]["lr"], attempt=attempt)
+        history.append(metrics)
+        report_epoch(session, job, metrics, history, net, stateful, tileset.domain_stats())

@@ -1,0 +1,79 @@
+"""Full-size prediction and evaluation, with a model file made by the test itself."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from microal.errors import InputError
+from microal.inference.evaluate import evaluate_predictions
+from microal.inference.predict import predict_catalog, predict_probabilities
+from microal.models.factory import build_model
+from microal.models.model_file import load_model, save_model_file
+
+
+@pytest.fixture
+def model_file(tiled, tmp_path):
+    _, _, config = tiled
+    torch.manual_seed(0)
+    net = build_model(config.model, config.num_classes)
+    path = tmp_path / "model.pt"
+    save_model_file(path, net, config, epoch=1, metrics={"val_miou": 0.5}, history=[])
+    return path
+
+
+def test_predictions_are_full_size_with_phase_fractions(tiled, model_file, tmp_path):
+    ws, catalog, config = tiled
+    table = predict_catalog(model_file, catalog, tmp_path / "pred", progress=False)
+    assert len(table) == len(catalog)
+    for _, row in table.merge(catalog, on=["image_id", "image_name", "domain"]).iterrows():
+        mask = np.asarray(Image.open(tmp_path / "pred" / row.mask_file))
+        assert mask.shape == (row.height, row.width)
+        assert mask.max() < config.num_classes
+        fractions = [row[f"fraction_{n}"] for n in config.class_names]
+        assert sum(fractions) == pytest.approx(1.0)
+        assert fractions == pytest.approx(np.bincount(mask.ravel(), minlength=3) / mask.size)
+
+
+def test_probabilities_are_distributions_at_image_size(tiled, model_file):
+    _, _, _ = tiled
+    model = load_model(model_file)
+    probs = predict_probabilities(model, np.random.default_rng(0).random((70, 90)).astype(np.float32), 0.1)
+    assert probs.shape == (3, 70, 90)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+
+
+def test_model_file_errors(tmp_path):
+    with pytest.raises(InputError, match="nope.pt: model file does not exist"):
+        load_model(tmp_path / "nope.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="other.pt: not a microal model file"):
+        load_model(tmp_path / "other.pt")
+
+
+def test_evaluation_scores_a_perfect_and_a_wrong_prediction(tiled, tmp_path):
+    """Predictions written as the expert masks (domain A) and as all-matrix (domain B)."""
+    ws, catalog, config = tiled
+    from microal.data.imageio import read_mask
+    from microal.inference.predict import PREDICTIONS_TABLE, write_mask_png
+
+    pred_dir = tmp_path / "pred"
+    rows = []
+    for _, row in catalog.iterrows():
+        truth = read_mask(row.mask_path, config.classes)
+        pred = truth if row.domain == "A" else np.zeros_like(truth)
+        write_mask_png(pred, pred_dir / f"{row.image_id}.png")
+        rows.append({"image_id": row.image_id, "mask_file": f"{row.image_id}.png"})
+    pd.DataFrame(rows).to_csv(pred_dir / PREDICTIONS_TABLE, index=False)
+
+    result = evaluate_predictions(pred_dir, catalog, config, tmp_path / "eval", source_domain="A", progress=False)
+    per_domain = result.per_domain.set_index("domain")
+    assert per_domain.loc["A", "miou"] == pytest.approx(1.0)
+    assert per_domain.loc["A", "mean_abs_fraction_error"] == pytest.approx(0.0)
+    assert per_domain.loc["B", "iou_laths"] == pytest.approx(0.0)
+    assert per_domain.loc["B", "rdt"] == pytest.approx(per_domain.loc["B", "miou"] - 1.0)
+    b_images = result.per_image[result.per_image.domain == "B"]
+    assert (b_images.fraction_error_matrix > 0).all()  # all-matrix overestimates the matrix
+    assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == len(catalog)
+    assert (tmp_path / "eval" / "per_domain.csv").exists()

@@ -1,0 +1,128 @@
+"""`microal tune` on a local Ray: a small real search, and a search stopped with Ctrl-C and resumed."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import checkpoint_dirs, quick_config_dict
+
+from microal.active.ensemble import ensemble_from_search
+from microal.config import load_config, parse_config
+from microal.models.model_file import read_metrics
+from microal.training.search import tune
+from microal.training.search_space import SearchSpace
+
+SPACE = {
+    "job": "supervised",
+    "metric": "val_miou",
+    "mode": "max",
+    "params": {
+        "training.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "training.augmentation": {"type": "categorical", "choices": ["basic", "none"]},
+    },
+}
+
+
+def test_search_writes_results_best_config_and_curves(ray_local, tiled, synth_dir):
+    ws, _, _ = tiled
+    config = parse_config(quick_config_dict(synth_dir, epochs=2))
+    space = SearchSpace.model_validate(SPACE)
+    # Two trials at a time (one CPU each): the concurrent path, and half the start-up waits.
+    summary = tune(
+        config,
+        space,
+        ws.tiles,
+        ws.root / "tune" / "s",
+        str(ws.ray_storage),
+        "s",
+        trials=3,
+        grace_period=1,
+        concurrency=2,
+    )
+
+    results = pd.read_csv(summary.out_dir / "results.csv")
+    assert len(results) == 3 and results.trial_id.is_unique
+    assert set(results.status) <= {"finished", "stopped early"} and (results.status == "finished").any()
+    assert results.epochs.between(1, 2).all()
+    assert results.best_val_miou.iloc[0] == results.best_val_miou.max()
+    # The best config is a whole project config that `microal train` accepts unchanged.
+    best = load_config(summary.out_dir / "best_config.yaml")
+    assert best.training.lr == pytest.approx(results["training.lr"].iloc[0])
+    assert best.training.augmentation == results["training.augmentation"].iloc[0]
+    assert best.training.epochs == 2 and best.class_names == config.class_names
+    assert (summary.out_dir / "trials.png").stat().st_size > 10_000
+    # Each trial is its own Ray Train run with checkpoints under a stable name.
+    for trial_id in results.trial_id:
+        assert checkpoint_dirs(ws.ray_storage / f"s-{trial_id}")
+    # The best trials make an ensemble: each member is its trial's best checkpoint.
+    ensemble = ensemble_from_search(ws.ray_storage, summary.out_dir, 2, "val_miou", "max")
+    assert len(ensemble.members) == 2
+    for member, (_, row) in zip(ensemble.members, results.head(2).iterrows()):
+        assert f"s-{row.trial_id}" in str(member)
+        metrics = read_metrics(member)
+        assert metrics["val_miou"] == pytest.approx(row.best_val_miou)
+
+
+def _finished_trials(experiment: Path, epochs: int) -> dict[str, list[str]]:
+    """Trial id -> checkpoint folders, for trials whose Train run reported every epoch."""
+    finished = {}
+    for result in experiment.glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if len(lines) >= epochs:
+            trial_id = lines[-1]["trial_id"]
+            finished[trial_id] = [p.name for p in checkpoint_dirs(experiment.parent / f"{experiment.name}-{trial_id}")]
+    return finished
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(tiled, synth_dir, tmp_path):
+    ws, _, _ = tiled
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(quick_config_dict(synth_dir, epochs=2)))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "tiles").symlink_to(ws.tiles)  # the tile set the session fixture built
+    base = [sys.executable, "-m", "microal.cli"]
+    command = base + [
+        "tune",
+        "-c",
+        str(config),
+        "--space",
+        str(space),
+        "--trials",
+        "2",
+        "--name",
+        "s",
+        "--scheduler",
+        "fifo",
+        "-w",
+        str(work),
+    ]
+    experiment = work / "ray_results" / "s"
+
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not _finished_trials(experiment, 2) and time.time() < deadline and first.poll() is None:
+        time.sleep(1)
+    time.sleep(2)  # let Tune save its experiment state after the trial
+    first.send_signal(signal.SIGINT)  # Ctrl-C
+    output, _ = first.communicate(timeout=120)
+    finished_before = _finished_trials(experiment, 2)
+    assert finished_before, output[-3000:]
+    assert len(finished_before) < 2, "the search finished before it could be interrupted"
+
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    results = pd.read_csv(work / "tune" / "s" / "results.csv")
+    assert len(results) == 2 and set(results.status) == {"finished"}, results.to_string() + resumed.stdout[-3000:]
+    finished_after = _finished_trials(experiment, 2)
+    for trial_id, checkpoints in finished_before.items():
+        # Not re-run: the same checkpoints, no new ones.
+        assert finished_after[trial_id] == checkpoints
