@@ -1,4 +1,4 @@
-"""Run by tests/test_fault_tolerance.py in its own process: a two-node Ray cluster on this
+"""Run by tests/backend/test_fault_tolerance.py in its own process: a two-node Ray cluster on this
 machine, `microal train` against it, the worker node killed mid-training and replaced.
 
 Usage: python fault_tolerance_run.py CONFIG.yaml WORKDIR  -> prints one JSON line at the end.
@@ -26,6 +26,7 @@ def checkpoint_dirs(run_storage: Path) -> list[Path]:
 def main() -> None:
     config = load_config(sys.argv[1])
     ws = Workspace.at(sys.argv[2])
+    ray_backend.set_environment_defaults()  # before the nodes start: they inherit the environment
     # Head without CPUs: the Train workers can only run on the worker node.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     worker = cluster.add_node(num_cpus=2)
