@@ -185,10 +185,12 @@ def test_two_annotators_are_consolidated_with_their_agreement(loop):
     consolidated = project.labels.centre(tile)
     np.testing.assert_array_equal(consolidated[:, 8:], truth[:, 8:])  # both agree: kept
     assert (consolidated[:, :8] == IGNORE_INDEX).all()  # one against one: left open
-    note = project.pool.table.set_index("tile_id").loc[tile_id, "note"]
-    agreement = float(note.split("agreement=")[1].split(";")[0])
-    assert note.startswith("annotators=2") and 0 < agreement < 1
-    assert label_cost(project).set_index("round").loc[1, "mean_agreement"] == pytest.approx(agreement)
+    row = project.pool.table.set_index("tile_id").loc[tile_id]
+    agreement = float(row.note.split("agreement=")[1].split(";")[0])
+    assert row.note.startswith("annotators=2") and 0 < agreement < 1
+    # The pool keeps the count and the exact agreement (the note, for people, rounds it).
+    assert row.annotators == 2 and row.agreement == pytest.approx(agreement, abs=5e-4)
+    assert label_cost(project).set_index("round").loc[1, "mean_agreement"] == pytest.approx(row.agreement)
 
 
 def test_flagged_and_skipped_tiles_are_rejected(loop):
