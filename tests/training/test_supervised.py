@@ -10,7 +10,6 @@ from microal.data.datasets import TileDataset
 from microal.data.labels import LabelStore
 from microal.data.tiles import load_tiles
 from microal.data.tiling import IGNORE_INDEX
-from microal.training.loop import progress_line
 from microal.training.supervised import SegmentationLoss, class_weights
 
 
@@ -89,15 +88,3 @@ def test_random_windows_are_reproducible_and_unlabelled_tiles_are_ignored(tiled)
     unlabelled = TileDataset(tileset, tileset.tiles.assign(labelled=False).head(2))  # as a UDA target
     _, mask = unlabelled[0]
     assert (mask == IGNORE_INDEX).all()
-
-
-def test_progress_line():
-    history = [{"epoch": 1, "epoch_seconds": 10.0}, {"epoch": 2, "epoch_seconds": 12.0}]
-    line = progress_line(
-        {"epoch": 2, "train_loss": 0.5, "val_loss": 0.4, "val_miou": 0.7, "epoch_seconds": 12.0},
-        history,
-        4,
-        ("val_loss", "val_miou"),
-    )
-    assert line.startswith("epoch 2/4 [##########..........]")
-    assert "val_mIoU 0.7000" in line and "~22 s left" in line
