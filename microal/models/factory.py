@@ -12,7 +12,7 @@ import torch
 
 from microal.config import ModelConfig
 from microal.errors import ConfigError, InputError, MicroalError
-from microal.models.model_file import read_state_dict
+from microal.models.model_file import read_encoder_state, read_state_dict
 
 
 def architectures() -> list[str]:
@@ -53,25 +53,8 @@ def build_model(model: ModelConfig, num_classes: int) -> torch.nn.Module:
     return net
 
 
-def _encoder_state(path: Path) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise InputError(path, "encoder checkpoint file does not exist (model.encoder_weights)")
-    try:
-        blob: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged or foreign file
-        raise InputError(path, f"cannot load encoder checkpoint ({error})") from None
-    if isinstance(blob, dict) and isinstance(blob.get("encoder"), dict):
-        return blob["encoder"]  # microal pre-training output
-    if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
-        blob = blob["state_dict"]  # a whole microal model file: take its encoder
-        return {k[len("encoder.") :]: v for k, v in blob.items() if k.startswith("encoder.")}
-    if isinstance(blob, dict) and all(isinstance(v, torch.Tensor) for v in blob.values()):
-        return blob
-    raise InputError(path, "not an encoder checkpoint: expected a state dict or {'encoder': state_dict}")
-
-
 def load_encoder_weights(net: torch.nn.Module, path: Path) -> None:
-    state = _encoder_state(path)
+    state = read_encoder_state(path)
     own = net.encoder.state_dict()
     adapted = {}
     for key, value in state.items():

@@ -25,6 +25,7 @@ from microal.errors import InputError
 from microal.files import atomic_path
 
 MODEL_FILE = "model.pt"  # the name inside a checkpoint; a run exports best_model.pt and last_model.pt
+ENCODER_FILE = "encoder.pt"  # pre-training's output: an encoder that model.encoder_weights accepts
 FORMAT_NAME = "microal-model"
 FORMAT_VERSION = 1
 MODEL_FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
@@ -124,6 +125,51 @@ def add_domain_bn_statistics(path: str | Path, statistics: dict[str, dict[str, t
     blob[DOMAIN_BN_KEY] = statistics
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
+
+
+def save_encoder_file(
+    path: str | Path,
+    encoder: torch.nn.Module,
+    encoder_name: str,
+    method: str,
+    labels: dict[str, int] | None,
+    epoch: int,
+    metrics: dict,
+    history: list,
+) -> None:
+    """Write a pre-trained encoder (``{"encoder": state_dict, ...}``), with how it was trained."""
+    blob = {
+        "encoder": unwrap(encoder).state_dict(),
+        "encoder_name": encoder_name,
+        "method": method,
+        "labels": labels,
+        "epoch": epoch,
+        "metrics": metrics,
+        "history": history,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def read_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Encoder weights for ``model.encoder_weights``: a pre-trained encoder file, the encoder of a
+    whole model file, or a plain state dict of an encoder."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "encoder checkpoint file does not exist (model.encoder_weights)")
+    try:
+        blob: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged or foreign file
+        raise InputError(path, f"cannot load encoder checkpoint ({error})") from None
+    if isinstance(blob, dict) and isinstance(blob.get("encoder"), dict):
+        return blob["encoder"]  # microal pre-training output
+    if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
+        _check_version(path, blob)
+        state = blob["state_dict"]  # a whole microal model file: take its encoder
+        return {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    if isinstance(blob, dict) and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        return blob
+    raise InputError(path, "not an encoder checkpoint: expected a state dict or {'encoder': state_dict}")
 
 
 @dataclass

@@ -23,11 +23,11 @@ from microal.data.splits import NO_MASK, TRAIN, VAL, assign_splits
 from microal.data.tiles import TileSet, load_tiles
 from microal.errors import ConfigError, MicroalError
 from microal.files import atomic_path
-from microal.models.model_file import MODEL_FILE, add_domain_bn_statistics, load_model, read_history
+from microal.models.model_file import ENCODER_FILE, MODEL_FILE, add_domain_bn_statistics, load_model, read_history
 from microal.plots import learning_curve
 from microal.training.adaptation import adapt_worker
 from microal.training.payloads import AdaptationData, LabelledTiles, Payload, PretrainData, SupervisedData, TrainJob
-from microal.training.pretraining import ENCODER_FILE, pretrain_worker
+from microal.training.pretraining import pretrain_worker
 from microal.training.supervised import train_worker
 
 UDA_SELECTION = {

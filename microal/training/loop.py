@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -111,7 +112,7 @@ def report_epoch(
     net: torch.nn.Module,
     stateful: dict[str, Any],
     domain_stats: dict | None,
-    extra_files: dict[str, Any] | None = None,
+    extra_files: dict[str, Callable[[Path], None]] | None = None,  # file name -> its writer
     epochs: int | None = None,
 ) -> None:
     """Print the epoch line (the job's progress fields) and report metrics with a checkpoint
@@ -128,8 +129,8 @@ def report_epoch(
             {k: (unwrap(v) if isinstance(v, torch.nn.Module) else v).state_dict() for k, v in stateful.items()},
             directory / STATE_FILE,
         )
-        for name, blob in (extra_files or {}).items():
-            torch.save(blob, directory / name)
+        for name, write in (extra_files or {}).items():
+            write(directory / name)
         session.report(metrics, directory)
 
 

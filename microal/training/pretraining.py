@@ -6,13 +6,14 @@
 - ``simclr``: self-supervised on unlabelled windows: two augmented, shifted views of each window
   must find each other among the batch (NT-Xent loss on a projection of pooled features).
 
-Both write ``encoder.pt`` ({"encoder": state_dict, ...}), which ``model.encoder_weights`` accepts;
+Both write ``encoder.pt`` (``model_file.save_encoder_file``), which ``model.encoder_weights`` accepts;
 fine-tuning then keeps the encoder's learning rate low (``training.encoder_lr_factor``).
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from microal.data.augment import load_pipeline
 from microal.data.datasets import WindowSource, standardise
 from microal.data.tiles import load_tiles
 from microal.models.factory import build_model
-from microal.models.model_file import unwrap
+from microal.models.model_file import ENCODER_FILE, save_encoder_file, unwrap
 from microal.training.loop import (
     WorkerSession,
     all_reduce_sum,
@@ -37,8 +38,6 @@ from microal.training.loop import (
     shard_batches,
 )
 from microal.training.payloads import TrainJob
-
-ENCODER_FILE = "encoder.pt"
 
 
 class WindowViews(Dataset):
@@ -161,15 +160,16 @@ def pretrain_worker(job: TrainJob, session: WorkerSession) -> None:
             metrics["val_accuracy"] = _accuracy(net, val_set, pre.batch_size, session)
         metrics.update(epoch_seconds=time.time() - started, lr=optimizer.param_groups[0]["lr"], attempt=attempt)
         history.append(metrics)
-        encoder_blob = {
-            "encoder": unwrap(net).encoder.state_dict(),
-            "encoder_name": cfg.model.encoder,
-            "method": pre.method,
-            "labels": labels,
-            "epoch": epoch + 1,
-            "metrics": metrics,
-            "history": history,
-        }
+        write_encoder = partial(
+            save_encoder_file,
+            encoder=unwrap(net).encoder,
+            encoder_name=cfg.model.encoder,
+            method=pre.method,
+            labels=labels,
+            epoch=epoch + 1,
+            metrics=metrics,
+            history=history,
+        )
         report_epoch(
             session,
             job,
@@ -178,7 +178,7 @@ def pretrain_worker(job: TrainJob, session: WorkerSession) -> None:
             net,
             stateful,
             None,
-            extra_files={ENCODER_FILE: encoder_blob},
+            extra_files={ENCODER_FILE: write_encoder},
             epochs=pre.epochs,
         )
 
