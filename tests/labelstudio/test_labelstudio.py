@@ -361,25 +361,9 @@ def test_serve_command_restarts_on_the_same_data_and_stops_cleanly(loop, server)
     """`microal labelstudio serve` on the tests' data folder: the project is still there, SIGTERM stops it."""
     server["server"].stop()
     env = {**os.environ, "LABEL_STUDIO_TOKEN": server["token"]}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "microal.cli",
-            "labelstudio",
-            "serve",
-            "--data-dir",
-            str(server["root"] / "data"),
-            "--port",
-            str(server["port"]),
-            "--files-root",
-            str(server["files_root"]),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    serve = [sys.executable, "-m", "microal.cli", "labelstudio", "serve", "--data-dir", str(server["root"] / "data"),
+             "--port", str(server["port"]), "--files-root", str(server["files_root"])]  # fmt: skip
+    process = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.time() + 120
         client = LabelStudioClient(server["server"].url, server["token"])
@@ -397,25 +381,7 @@ def test_serve_command_restarts_on_the_same_data_and_stops_cleanly(loop, server)
     assert server["token"] not in output
 
     # Stopped while Label Studio is still starting: it is stopped too, not left running on the port.
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "microal.cli",
-            "labelstudio",
-            "serve",
-            "--data-dir",
-            str(server["root"] / "data"),
-            "--port",
-            str(server["port"]),
-            "--files-root",
-            str(server["files_root"]),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    process = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert "starting Label Studio" in process.stdout.readline()
     time.sleep(3)  # Label Studio's process is starting, not yet answering
     process.send_signal(signal.SIGTERM)
