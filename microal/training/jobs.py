@@ -391,42 +391,22 @@ def run(
 
 
 def train(
-    config: ProjectConfig,
-    tiles_root: Path,
-    run_dir: Path,
-    storage_path: str,
-    name: str,
-    resume: bool = False,
-    address: str | None = None,
-    init_model: str | None = None,
+    config: ProjectConfig, tiles_root: Path, run_dir: Path, storage_path: str, name: str, **options
 ) -> TrainSummary:
-    """Supervised training; keeps the epoch with the best validation mIoU."""
-    return run("supervised", config, tiles_root, run_dir, storage_path, name, resume, address, init_model)
+    """Supervised training; keeps the epoch with the best validation mIoU (options: as `run`)."""
+    return run("supervised", config, tiles_root, run_dir, storage_path, name, **options)
 
 
 def adapt(
-    config: ProjectConfig,
-    tiles_root: Path,
-    run_dir: Path,
-    storage_path: str,
-    name: str,
-    resume: bool = False,
-    address: str | None = None,
-    init_model: str | None = None,
+    config: ProjectConfig, tiles_root: Path, run_dir: Path, storage_path: str, name: str, **options
 ) -> TrainSummary:
     """Domain adaptation (uda.method); keeps the best epoch by uda.select_by. An adapted model
     then gets batch-norm statistics of each target domain (uda.target_bn_statistics)."""
-    return run("uda", config, tiles_root, run_dir, storage_path, name, resume, address, init_model)
+    return run("uda", config, tiles_root, run_dir, storage_path, name, **options)
 
 
 def pretrain(
-    config: ProjectConfig,
-    tiles_root: Path,
-    run_dir: Path,
-    storage_path: str,
-    name: str,
-    resume: bool = False,
-    address: str | None = None,
+    config: ProjectConfig, tiles_root: Path, run_dir: Path, storage_path: str, name: str, **options
 ) -> TrainSummary:
     """Encoder pre-training; writes best_encoder.pt and last_encoder.pt into the run folder."""
-    return run("pretrain", config, tiles_root, run_dir, storage_path, name, resume, address)
+    return run("pretrain", config, tiles_root, run_dir, storage_path, name, **options)
