@@ -22,7 +22,7 @@ import pandas as pd
 
 from microal.active.acquisition import NEEDS_MEMBERS
 from microal.active.ensemble import Ensemble, ensemble_report, train_ensemble
-from microal.active.folders import LABELS_DIR, POOL_FILE, SimulationFolders
+from microal.active.folders import ProjectFolders, SimulationFolders
 from microal.active.pool import LABELLED, UNLABELLED, Pool
 from microal.active.scoring import TileScorer, score_table
 from microal.active.selection import SelectionSettings, select_batch
@@ -111,11 +111,10 @@ def run_strategy(
     config, tiles_root, tileset, pool_tiles, test_tiles, folders: SimulationFolders, strategy, seed, sim, address
 ) -> None:
     al = config.al
-    folder = folders.run(strategy, seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    pool_file = folder / POOL_FILE
-    pool = Pool.load(pool_file) if pool_file.exists() else Pool.create(pool_file, pool_tiles)
-    labels = LabelStore(folder / LABELS_DIR, tileset)
+    run = ProjectFolders(folders.run(strategy, seed))  # a pool and a label store, as in a project
+    run.root.mkdir(parents=True, exist_ok=True)
+    pool = Pool.load(run.pool) if run.pool.exists() else Pool.create(run.pool, pool_tiles)
+    labels = LabelStore(run.labels, tileset)
     if not pool.ids(LABELLED):
         initial = (
             np.random.default_rng(seed).choice(pool_tiles.tile_id.to_numpy(), size=sim.initial, replace=False).tolist()

@@ -61,11 +61,11 @@ def save_model_file(
         torch.save(blob, tmp)
 
 
-def _load_blob(path: Path, missing: str, unreadable: str) -> Any:
+def _load_blob(path: Path, missing: str, unreadable: str, weights_only: bool = False) -> Any:
     if not path.exists():
         raise InputError(path, missing)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as error:  # torch raises many types for a damaged or foreign file
         raise InputError(path, f"{unreadable} ({error})") from None
 
@@ -155,12 +155,12 @@ def read_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Encoder weights for ``model.encoder_weights``: a pre-trained encoder file, the encoder of a
     whole model file, or a plain state dict of an encoder."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "encoder checkpoint file does not exist (model.encoder_weights)")
-    try:
-        blob: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged or foreign file
-        raise InputError(path, f"cannot load encoder checkpoint ({error})") from None
+    blob = _load_blob(
+        path,
+        "encoder checkpoint file does not exist (model.encoder_weights)",
+        "cannot load encoder checkpoint",
+        weights_only=True,
+    )
     if isinstance(blob, dict) and isinstance(blob.get("encoder"), dict):
         return blob["encoder"]  # microal pre-training output
     if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
