@@ -58,7 +58,7 @@ def predict_probabilities(
         for start in range(0, len(positions), batch_size):
             chunk = positions[start : start + batch_size]
             batch = np.stack([padded[grid.window_slice(y, x)] for _, _, y, x in chunk])[:, None]
-            probs = torch.softmax(model.net(torch.from_numpy(batch).to(device)), dim=1).cpu().numpy()
+            probs = torch.softmax(model.forward(torch.from_numpy(batch).to(device)), dim=1).cpu().numpy()
             for (row, col, _, _), p in zip(chunk, probs):
                 centres[(row, col)] = grid.centre(p)
     return resample_probabilities(grid.stitch(centres), image.shape)

@@ -17,6 +17,12 @@ import torch
 from microal.data.tiling import IGNORE_INDEX
 
 
+def _flat_labels(labels) -> torch.Tensor:
+    if isinstance(labels, torch.Tensor):
+        return labels.long().reshape(1, -1)
+    return torch.from_numpy(np.asarray(labels, dtype=np.int64).reshape(1, -1))
+
+
 @dataclass
 class PixelCounts:
     """True positives, false positives and false negatives per class."""
@@ -31,12 +37,15 @@ class PixelCounts:
 
     @classmethod
     def from_masks(cls, pred, truth, num_classes: int) -> PixelCounts:
-        pred_t = torch.from_numpy(np.array(pred, dtype=np.int64).reshape(1, -1))
-        truth_t = torch.from_numpy(np.array(truth, dtype=np.int64).reshape(1, -1))
+        """Counts of class-index masks (numpy arrays, or tensors counted on their own device)."""
         tp, fp, fn, _ = smp.metrics.get_stats(
-            pred_t, truth_t, mode="multiclass", num_classes=num_classes, ignore_index=IGNORE_INDEX
+            _flat_labels(pred),
+            _flat_labels(truth),
+            mode="multiclass",
+            num_classes=num_classes,
+            ignore_index=IGNORE_INDEX,
         )
-        return cls(tp.sum(0).numpy(), fp.sum(0).numpy(), fn.sum(0).numpy())
+        return cls(*(count.sum(0).cpu().numpy() for count in (tp, fp, fn)))
 
     def __add__(self, other: PixelCounts) -> PixelCounts:
         return PixelCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)

@@ -23,6 +23,7 @@ import torch
 from microal.config import ProjectConfig, parse_config
 from microal.errors import InputError
 from microal.files import atomic_path
+from microal.models.compute import autocast, channels_last, resolve_precision
 
 MODEL_FILE = "model.pt"  # the name inside a checkpoint; a run exports best_model.pt and last_model.pt
 ENCODER_FILE = "encoder.pt"  # pre-training's output: an encoder that model.encoder_weights accepts
@@ -182,10 +183,17 @@ class LoadedModel:
     domain_stats: dict[str, tuple[float, float]]
     # Batch-norm statistics re-estimated on target domains (domain_bn), by domain name.
     bn_stats: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    precision: str = "fp32"  # what it predicts in (models/compute.py)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits (fp32) of a batch already on the network's device, in the model's precision."""
+        with autocast(batch.device, self.precision):
+            return self.net(batch).float()
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """The network of a model file, ready to predict (eval mode, on `device`)."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", precision: str | None = None) -> LoadedModel:
+    """The network of a model file, ready to predict (eval mode, channels-last, on `device`), in
+    `precision` (default: the precision setting it was trained with, resolved for `device`)."""
     from microal.models.domain_bn import check_statistics
     from microal.models.factory import build_model
 
@@ -195,7 +203,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     # The weights come from the file; never fetch ImageNet weights just to overwrite them.
     net = build_model(config.model.model_copy(update={"encoder_weights": "none"}), config.num_classes)
     net.load_state_dict(blob["state_dict"])
-    net.to(device).eval()
+    channels_last(net).to(device).eval()
     stats = {str(k): tuple(v) for k, v in blob.get("domain_stats", {}).items()}
     bn_stats = {str(k): v for k, v in blob.get(DOMAIN_BN_KEY, {}).items()}
     for domain, domain_bn in bn_stats.items():
@@ -203,4 +211,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             check_statistics(net, domain_bn)
         except ValueError as error:
             raise InputError(path, f"domain {domain!r}: {error}") from None
-    return LoadedModel(net, config, int(blob.get("epoch", 0)), dict(blob.get("metrics", {})), path, stats, bn_stats)
+    precision = resolve_precision(precision or config.training.precision, device)
+    return LoadedModel(
+        net, config, int(blob.get("epoch", 0)), dict(blob.get("metrics", {})), path, stats, bn_stats, precision
+    )
