@@ -2,11 +2,12 @@
 
 Shape, written down once:
 
-    probs: float array [members, tiles, classes, H, W]   (softmax outputs of each member)
+    probs: float tensor [members, tiles, classes, H, W]   (softmax outputs of each member)
 
-A heuristic maps probs to an uncertainty map [tiles, H, W] (higher = more worth labelling);
-a reduction turns that map into one score per tile [tiles]. Both live in registries whose
-errors list the valid names.
+Written in torch, so maps are computed where the probabilities are (on the GPU when scoring
+there); numpy arrays are accepted too. A heuristic maps probs to an uncertainty map
+[tiles, H, W] (higher = more worth labelling); a reduction turns that map into one score per
+tile [tiles]. Both live in registries whose errors list the valid names.
 """
 
 from __future__ import annotations
@@ -14,57 +15,61 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from microal.errors import ConfigError
 
 EPS = 1e-12
+Probabilities = torch.Tensor | np.ndarray
 
 
-def _check(probs: np.ndarray) -> np.ndarray:
-    probs = np.asarray(probs, dtype=np.float64)
+def _check(probs: Probabilities) -> torch.Tensor:
+    """A tensor on the device it came on (a numpy array: on the CPU), in at least fp32."""
+    probs = torch.as_tensor(probs)
     if probs.ndim != 5:
-        raise ValueError(f"probs must be [members, tiles, classes, H, W], got shape {probs.shape}")
-    return probs
+        raise ValueError(f"probs must be [members, tiles, classes, H, W], got shape {tuple(probs.shape)}")
+    return probs.float() if probs.dtype in (torch.float16, torch.bfloat16) else probs
 
 
-def _entropy(p: np.ndarray, axis: int) -> np.ndarray:
-    return -(p * np.log(p + EPS)).sum(axis=axis)
+def _entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
+    return -(p * torch.log(p + EPS)).sum(dim=dim)
 
 
-def entropy(probs: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+def entropy(probs: Probabilities, rng: np.random.Generator | None = None) -> torch.Tensor:
     """Predictive entropy of the ensemble mean (total uncertainty), in nats."""
-    return _entropy(_check(probs).mean(axis=0), axis=1)
+    return _entropy(_check(probs).mean(dim=0), dim=1)
 
 
-def bald(probs: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+def bald(probs: Probabilities, rng: np.random.Generator | None = None) -> torch.Tensor:
     """Mutual information between prediction and member (BALD): H(mean) - mean(H(member)).
 
     Zero when all members agree, however uncertain they are: it asks for disagreement.
     """
     probs = _check(probs)
-    expected = _entropy(probs, axis=2).mean(axis=0)
-    return np.maximum(entropy(probs) - expected, 0.0)
+    expected = _entropy(probs, dim=2).mean(dim=0)
+    return torch.clamp(entropy(probs) - expected, min=0.0)
 
 
-def variance(probs: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+def variance(probs: Probabilities, rng: np.random.Generator | None = None) -> torch.Tensor:
     """Variance across members, averaged over classes."""
-    return _check(probs).var(axis=0).mean(axis=1)
+    return _check(probs).var(dim=0, unbiased=False).mean(dim=1)
 
 
-def margin(probs: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+def margin(probs: Probabilities, rng: np.random.Generator | None = None) -> torch.Tensor:
     """1 - (top-1 minus top-2 probability of the mean): near 1 where two classes compete."""
-    mean = np.sort(_check(probs).mean(axis=0), axis=1)
-    return 1.0 - (mean[:, -1] - mean[:, -2])
+    top2 = torch.topk(_check(probs).mean(dim=0), 2, dim=1).values
+    return 1.0 - (top2[:, 0] - top2[:, 1])
 
 
-def random(probs: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+def random(probs: Probabilities, rng: np.random.Generator | None = None) -> torch.Tensor:
     """The baseline: uniform noise, seeded by the caller's generator."""
     probs = _check(probs)
     rng = rng if rng is not None else np.random.default_rng()
-    return rng.random((probs.shape[1],) + probs.shape[3:])
+    noise = rng.random((probs.shape[1],) + tuple(probs.shape[3:]))
+    return torch.from_numpy(noise).to(device=probs.device, dtype=probs.dtype)
 
 
-ACQUISITIONS: dict[str, Callable[..., np.ndarray]] = {
+ACQUISITIONS: dict[str, Callable[..., torch.Tensor]] = {
     "entropy": entropy,
     "bald": bald,
     "variance": variance,
@@ -82,22 +87,27 @@ def score_scale(name: str, num_classes: int) -> float:
     return {"entropy": np.log(num_classes), "bald": np.log(num_classes), "variance": 0.25}.get(name, 1.0)
 
 
-def reduce_mean(uncertainty: np.ndarray, top_fraction: float = 0.1) -> np.ndarray:
-    return uncertainty.reshape(len(uncertainty), -1).mean(axis=1)
+def _flat(uncertainty: Probabilities) -> torch.Tensor:
+    uncertainty = torch.as_tensor(uncertainty)
+    return uncertainty.reshape(len(uncertainty), -1)
 
 
-def reduce_max(uncertainty: np.ndarray, top_fraction: float = 0.1) -> np.ndarray:
-    return uncertainty.reshape(len(uncertainty), -1).max(axis=1)
+def reduce_mean(uncertainty: Probabilities, top_fraction: float = 0.1) -> torch.Tensor:
+    return _flat(uncertainty).mean(dim=1)
 
 
-def reduce_topk_mean(uncertainty: np.ndarray, top_fraction: float = 0.1) -> np.ndarray:
+def reduce_max(uncertainty: Probabilities, top_fraction: float = 0.1) -> torch.Tensor:
+    return _flat(uncertainty).amax(dim=1)
+
+
+def reduce_topk_mean(uncertainty: Probabilities, top_fraction: float = 0.1) -> torch.Tensor:
     """Mean of the most uncertain `top_fraction` of pixels: a small unsure region counts."""
-    flat = uncertainty.reshape(len(uncertainty), -1)
+    flat = _flat(uncertainty)
     k = max(1, int(round(flat.shape[1] * top_fraction)))
-    return np.sort(flat, axis=1)[:, -k:].mean(axis=1)
+    return torch.topk(flat, k, dim=1).values.mean(dim=1)
 
 
-REDUCTIONS: dict[str, Callable[..., np.ndarray]] = {
+REDUCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "mean": reduce_mean,
     "max": reduce_max,
     "topk_mean": reduce_topk_mean,
@@ -110,27 +120,30 @@ def _lookup(registry: dict, name: str, what: str):
     return registry[name]
 
 
-def get_acquisition(name: str) -> Callable[..., np.ndarray]:
+def get_acquisition(name: str) -> Callable[..., torch.Tensor]:
     return _lookup(ACQUISITIONS, name, "acquisition")
 
 
-def get_reduction(name: str) -> Callable[..., np.ndarray]:
+def get_reduction(name: str) -> Callable[..., torch.Tensor]:
     return _lookup(REDUCTIONS, name, "reduction")
 
 
 def tile_scores(
-    probs: np.ndarray,
+    probs: Probabilities,
     acquisition: str,
     reduction: str = "mean",
     top_fraction: float = 0.1,
     rng: np.random.Generator | None = None,
-    valid: np.ndarray | None = None,
+    valid: np.ndarray | torch.Tensor | None = None,
 ) -> np.ndarray:
-    """One score per tile. `valid` [tiles, H, W] marks pixels inside the image (padding ignored)."""
+    """One score per tile (computed where `probs` lie, e.g. on the GPU; only the scores come
+    back). `valid` [tiles, H, W] marks pixels inside the image (padding ignored)."""
     uncertainty = get_acquisition(acquisition)(probs, rng=rng)
     if valid is not None:
+        valid = torch.as_tensor(valid, device=uncertainty.device, dtype=torch.bool)
         # Padding pixels take the tile's lowest score, so they never raise a tile's rank.
-        floor = np.where(valid, uncertainty, np.inf).reshape(len(uncertainty), -1).min(axis=1)
-        floor = np.where(np.isfinite(floor), floor, 0.0)
-        uncertainty = np.where(valid, uncertainty, floor[:, None, None])
-    return get_reduction(reduction)(uncertainty, top_fraction)
+        inf = torch.full_like(uncertainty, float("inf"))
+        floor = torch.where(valid, uncertainty, inf).reshape(len(uncertainty), -1).amin(dim=1)
+        floor = torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))
+        uncertainty = torch.where(valid, uncertainty, floor[:, None, None])
+    return get_reduction(reduction)(uncertainty, top_fraction).cpu().numpy()

@@ -10,6 +10,8 @@ its prediction is the mean of the members' probabilities.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from microal.active.acquisition import tile_scores
 from microal.data.datasets import WindowSource, standardise
 from microal.data.tiles import load_tiles
 from microal.data.tiling import IGNORE_INDEX, crop_centre
+from microal.models.compute import autocast
 from microal.models.metrics import PixelCounts
 from microal.models.model_file import load_model
 
@@ -41,13 +44,26 @@ class ScoreBatch:
 
 
 class TileScorer:
-    """Holds the ensemble members and reads tile windows from the tile set itself."""
+    """Holds the ensemble members and reads tile windows from the tile set itself.
 
-    def __init__(self, member_files: list[str], tiles_root: str, device: str = "cpu", threads: int | None = None):
+    Windows go through the members `forward_batch` at a time (in the members' precision); a
+    thread cuts the next batch while the device runs this one, and uncertainty maps are reduced
+    to scores on the device: only scores, embeddings and masks come back."""
+
+    def __init__(
+        self,
+        member_files: list[str],
+        tiles_root: str,
+        device: str = "cpu",
+        threads: int | None = None,
+        forward_batch: int = 32,
+        precision: str | None = None,
+    ):
         if threads:
             torch.set_num_threads(threads)
-        self.members = [load_model(path, device=device) for path in member_files]
-        self.device = device
+        self.members = [load_model(path, device=device, precision=precision) for path in member_files]
+        self.device = torch.device(device)
+        self.forward_batch = forward_batch
         self.tileset = load_tiles(tiles_root)
         self.tiles = self.tileset.tiles.set_index("tile_id", drop=False)
         self.margin = self.tileset.tiling.margin
@@ -69,23 +85,40 @@ class TileScorer:
             images.append(standardise(np.array(image), *source.stats(tile.image_id))[None])
             valid.append(self.tileset.grid(tile.image_id).centre_inside(int(tile.y), int(tile.x)))
             masks.append(np.full(image.shape, IGNORE_INDEX, np.uint8) if mask is None else np.array(mask))
-        return torch.from_numpy(np.stack(images)), crop_centre(np.stack(masks), self.margin), np.stack(valid)
+        windows = torch.from_numpy(np.stack(images))
+        if self.device.type == "cuda":
+            windows = windows.pin_memory()  # so the copy to the GPU can overlap
+        return windows, crop_centre(np.stack(masks), self.margin), np.stack(valid)
+
+    def _batches(self, tile_ids: list[str]) -> Iterator[tuple[list[str], torch.Tensor, np.ndarray, np.ndarray]]:
+        """(ids, windows, masks, valid) of forward_batch tiles at a time; the next batch is cut by
+        a thread while the caller runs this one (numpy and torch release the GIL)."""
+        chunks = [tile_ids[i : i + self.forward_batch] for i in range(0, len(tile_ids), self.forward_batch)]
+        with ThreadPoolExecutor(max_workers=1) as cutter:
+            pending = cutter.submit(self._windows, chunks[0]) if chunks else None
+            for index, chunk in enumerate(chunks):
+                windows, masks, valid = pending.result()
+                if index + 1 < len(chunks):
+                    pending = cutter.submit(self._windows, chunks[index + 1])
+                yield chunk, windows, masks, valid
 
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor, with_embeddings: bool = False):
-        """[members, tiles, classes, T, T] on tile centres (and [tiles, D] embeddings)."""
-        batch = batch.to(self.device)
+        """[members, tiles, classes, T, T] on tile centres, on the scorer's device (and [tiles, D]
+        embeddings, as numpy)."""
+        batch = batch.to(self.device, non_blocking=True)
         probs, embeddings = [], None
         for index, member in enumerate(self.members):
             net = member.net
-            if with_embeddings and index == 0:
-                features = net.encoder(batch)
-                embeddings = features[-1].mean(dim=(2, 3)).cpu().numpy()
-                logits = net.segmentation_head(net.decoder(features))
-            else:
-                logits = net(batch)
-            probs.append(torch.softmax(crop_centre(logits, self.margin), dim=1).cpu().numpy())
-        return np.stack(probs), embeddings
+            with autocast(self.device, member.precision):
+                if with_embeddings and index == 0:
+                    features = net.encoder(batch)
+                    embeddings = features[-1].float().mean(dim=(2, 3)).cpu().numpy()
+                    logits = net.segmentation_head(net.decoder(features))
+                else:
+                    logits = net(batch)
+            probs.append(torch.softmax(crop_centre(logits.float(), self.margin), dim=1))
+        return torch.stack(probs), embeddings
 
     def score(
         self,
@@ -95,30 +128,39 @@ class TileScorer:
         top_fraction: float = 0.1,
         seed: int = 0,
     ) -> ScoreBatch:
-        images, _, valid = self._windows(tile_ids)
-        probs, embeddings = self.probabilities(images, with_embeddings=True)
         rng = np.random.default_rng([seed, int(hashlib.sha256("".join(tile_ids).encode()).hexdigest()[:8], 16)])
-        scores = {
-            f"{name}/{reduction}": tile_scores(probs, name, reduction, top_fraction, rng=rng, valid=valid)
-            for name in acquisitions
-        }
-        return ScoreBatch(list(tile_ids), scores, embeddings)
+        scores: dict[str, list[np.ndarray]] = {f"{name}/{reduction}": [] for name in acquisitions}
+        embeddings = []
+        for _, windows, _, valid in self._batches(list(tile_ids)):
+            probs, features = self.probabilities(windows, with_embeddings=True)
+            embeddings.append(features)
+            for name in acquisitions:
+                scores[f"{name}/{reduction}"].append(tile_scores(probs, name, reduction, top_fraction, rng, valid))
+        return ScoreBatch(
+            list(tile_ids),
+            {key: np.concatenate(parts) for key, parts in scores.items()},
+            np.concatenate(embeddings) if embeddings else np.zeros((0, 0)),
+        )
 
     def ensemble_masks(self, tile_ids: list[str]) -> np.ndarray:
         """The ensemble's label per pixel of each tile centre: [tiles, T, T] (pre-annotations)."""
-        images, _, _ = self._windows(tile_ids)
-        probs, _ = self.probabilities(images)
-        return probs.mean(axis=0).argmax(axis=1).astype(np.uint8)
+        masks = []
+        for _, windows, _, _ in self._batches(list(tile_ids)):
+            probs, _ = self.probabilities(windows)
+            masks.append(probs.mean(dim=0).argmax(dim=1).to(torch.uint8).cpu().numpy())
+        return np.concatenate(masks)
 
     def pixel_counts(self, tile_ids: list[str]) -> np.ndarray:
         """Pixel counts [3, classes] against the tile set's masks, of the ensemble and of every
         member: [1 + members, 3, classes]."""
-        images, masks, _ = self._windows(tile_ids)
-        probs, _ = self.probabilities(images)
-        num_classes = probs.shape[2]
-        results = [PixelCounts.from_masks(probs.mean(axis=0).argmax(axis=1), masks, num_classes).as_array()]
-        results += [PixelCounts.from_masks(p.argmax(axis=1), masks, num_classes).as_array() for p in probs]
-        return np.stack(results)
+        total = None
+        for _, windows, masks, _ in self._batches(list(tile_ids)):
+            probs, _ = self.probabilities(windows)
+            num_classes = probs.shape[2]
+            labels = torch.cat([probs.mean(dim=0, keepdim=True), probs]).argmax(dim=2).cpu().numpy()
+            counts = np.stack([PixelCounts.from_masks(p, masks, num_classes).as_array() for p in labels])
+            total = counts if total is None else total + counts
+        return total
 
 
 @dataclass(frozen=True)
@@ -129,9 +171,16 @@ class ScorerFactory:
     tiles_root: str
     device: str = "cpu"
     threads: int | None = None
+    forward_batch: int = 32
 
     def __call__(self) -> TileScorer:
-        return TileScorer(list(self.member_files), self.tiles_root, device=self.device, threads=self.threads)
+        return TileScorer(
+            list(self.member_files),
+            self.tiles_root,
+            device=self.device,
+            threads=self.threads,
+            forward_batch=self.forward_batch,
+        )
 
 
 def score_table(batches: list[ScoreBatch], tiles: pd.DataFrame, version: str) -> tuple[pd.DataFrame, np.ndarray]:

@@ -2,12 +2,18 @@
 
 import numpy as np
 import pytest
+import torch
 
 from microal.active.acquisition import ACQUISITIONS, REDUCTIONS, get_acquisition, get_reduction, tile_scores
 from microal.errors import ConfigError
 
 rng = np.random.default_rng(0)
 M, N, C, H, W = 4, 5, 3, 6, 7
+
+
+def _map(name, probs, **options):
+    """The acquisition's uncertainty map (a torch tensor) as numpy."""
+    return get_acquisition(name)(probs, **options).cpu().numpy()
 
 
 def _random_probs(members=M):
@@ -18,7 +24,7 @@ def _random_probs(members=M):
 
 @pytest.mark.parametrize("name", sorted(ACQUISITIONS))
 def test_shape_and_non_negativity(name):
-    uncertainty = get_acquisition(name)(_random_probs(), rng=np.random.default_rng(1))
+    uncertainty = _map(name, _random_probs(), rng=np.random.default_rng(1))
     assert uncertainty.shape == (N, H, W)
     assert np.all(uncertainty >= 0) and np.all(np.isfinite(uncertainty))
 
@@ -33,17 +39,17 @@ def test_tile_scores_one_per_tile(name, reduction):
 def test_identical_members_give_bald_and_variance_zero():
     one = _random_probs(members=1)
     same = np.repeat(one, M, axis=0)
-    np.testing.assert_allclose(get_acquisition("bald")(same), 0.0, atol=1e-9)
-    np.testing.assert_allclose(get_acquisition("variance")(same), 0.0, atol=1e-12)
-    assert get_acquisition("entropy")(same).max() > 0  # still uncertain, only not disagreeing
+    np.testing.assert_allclose(_map("bald", same), 0.0, atol=1e-9)
+    np.testing.assert_allclose(_map("variance", same), 0.0, atol=1e-12)
+    assert _map("entropy", same).max() > 0  # still uncertain, only not disagreeing
 
 
 def test_uniform_probabilities_give_the_maximum_entropy_and_margin():
     uniform = np.full((M, N, C, H, W), 1.0 / C)
-    np.testing.assert_allclose(get_acquisition("entropy")(uniform), np.log(C))
-    np.testing.assert_allclose(get_acquisition("margin")(uniform), 1.0)
+    np.testing.assert_allclose(_map("entropy", uniform), np.log(C))
+    np.testing.assert_allclose(_map("margin", uniform), 1.0)
     for name in ("entropy", "margin"):
-        assert get_acquisition(name)(_random_probs()).max() <= get_acquisition(name)(uniform).max() + 1e-9
+        assert _map(name, _random_probs()).max() <= _map(name, uniform).max() + 1e-9
 
 
 def test_disagreement_raises_bald():
@@ -52,17 +58,17 @@ def test_disagreement_raises_bald():
     confident_b = np.zeros((1, N, C, H, W))
     confident_b[:, :, 1] = 1.0
     split = np.concatenate([confident_a, confident_b])
-    np.testing.assert_allclose(get_acquisition("bald")(split), np.log(2), atol=1e-6)
+    np.testing.assert_allclose(_map("bald", split), np.log(2), atol=1e-6)
 
 
 def test_random_is_seeded():
     probs = _random_probs()
-    first = get_acquisition("random")(probs, rng=np.random.default_rng(7))
-    np.testing.assert_array_equal(first, get_acquisition("random")(probs, rng=np.random.default_rng(7)))
+    first = _map("random", probs, rng=np.random.default_rng(7))
+    np.testing.assert_array_equal(first, _map("random", probs, rng=np.random.default_rng(7)))
 
 
 def test_reductions():
-    maps = np.arange(2 * 10, dtype=float).reshape(2, 2, 5)
+    maps = torch.arange(2 * 10, dtype=torch.float64).reshape(2, 2, 5)
     assert get_reduction("mean")(maps).tolist() == [4.5, 14.5]
     assert get_reduction("max")(maps).tolist() == [9.0, 19.0]
     assert get_reduction("topk_mean")(maps, top_fraction=0.2).tolist() == [8.5, 18.5]
@@ -83,3 +89,17 @@ def test_unknown_names_list_the_valid_ones():
         get_acquisition("bold")
     with pytest.raises(ConfigError, match="unknown reduction 'median'"):
         get_reduction("median")
+
+
+def test_maps_are_computed_on_the_device_of_the_probabilities_and_match_numpy():
+    probs = _random_probs()
+    on_device = torch.as_tensor(probs, dtype=torch.float32)
+    # The float64 numpy path and the float32 tensor path agree; a tensor stays a tensor.
+    for name in ("entropy", "bald", "variance", "margin"):
+        result = get_acquisition(name)(on_device)
+        assert isinstance(result, torch.Tensor) and result.dtype == torch.float32
+        np.testing.assert_allclose(result.numpy(), _map(name, probs), rtol=1e-4, atol=1e-6)
+    half = get_acquisition("entropy")(on_device.to(torch.bfloat16))
+    assert half.dtype == torch.float32  # reduced-precision probabilities are scored in fp32
+    # Variance is the population variance over members, as numpy's default.
+    np.testing.assert_allclose(_map("variance", probs), probs.var(axis=0).mean(axis=1), rtol=1e-12)
