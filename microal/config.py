@@ -160,6 +160,18 @@ class TrainingConfig(_Strict):
     samples_per_epoch: int = Field(256, ge=1)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
+    # auto: bf16 where the device computes it natively (a CUDA GPU, a CPU with AMX), else fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # DataLoader processes per training worker; default: a quarter of the worker's CPUs, at most 8
+    # (none on a 2-CPU worker, where cutting and augmenting windows costs little beside the network).
+    loader_workers: int | None = Field(None, ge=0)
+    # Validate every n-th epoch, checkpoint every n-th epoch; the last epoch always does both, and an
+    # epoch whose validation beats every earlier one is always checkpointed (the best model is kept).
+    validate_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(1, ge=1)
+    # Validate on this many validation tiles, a fixed seeded subset (default: all of them); full-image
+    # evaluation of the chosen model is `microal evaluate`'s job.
+    val_windows: int | None = Field(None, ge=1)
     cpus_per_worker: int | None = Field(None, ge=1)  # default: share the machine's CPUs
     seed: int = 0
     max_failures: int = Field(0, ge=0)

@@ -39,28 +39,34 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _measured(ax, history: pd.DataFrame, column: str, *style, **options) -> None:
+    """One metric against epoch, over the epochs that measured it (validation may skip epochs)."""
+    rows = history[history[column].notna()]
+    ax.plot(rows.epoch, rows[column], *style, **options)
+
+
 def learning_curve(history: pd.DataFrame, class_names: list[str], path: Path, title: str = "") -> None:
     """Loss and validation mIoU / per-class IoU against epoch."""
     fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(11, 4))
     for column in [c for c in history if c.startswith("train_") and c.endswith("loss")] + ["val_loss"]:
         if column in history and history[column].notna().any():
-            ax_loss.plot(history.epoch, history[column], "o-", ms=3, label=column.replace("_", " "))
+            _measured(ax_loss, history, column, "o-", ms=3, label=column.replace("_", " "))
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_loss.legend(fontsize=8)
     if "val_miou" in history and history.val_miou.notna().any():
-        ax_iou.plot(history.epoch, history.val_miou, "k-", lw=2.5, label="mIoU")
+        _measured(ax_iou, history, "val_miou", "k-", lw=2.5, label="mIoU")
         for i, name in enumerate(class_names):
             key = f"val_iou_c{i}"
             if key in history:
-                ax_iou.plot(history.epoch, history[key], "--", label=name)
+                _measured(ax_iou, history, key, "--", label=name)
         if "target_miou" in history:
-            ax_iou.plot(history.epoch, history.target_miou, "m-", lw=2.5, label="target mIoU")
+            _measured(ax_iou, history, "target_miou", "m-", lw=2.5, label="target mIoU")
         if "target_entropy" in history:
-            ax_iou.plot(history.epoch, history.target_entropy, "c:", lw=2, label="target entropy (label-free)")
+            _measured(ax_iou, history, "target_entropy", "c:", lw=2, label="target entropy (label-free)")
         ax_iou.set(xlabel="epoch", ylabel="IoU", ylim=(0, 1), title="validation")
         ax_iou.legend(fontsize=8)
     elif "val_accuracy" in history:
-        ax_iou.plot(history.epoch, history.val_accuracy, "k-", lw=2.5)
+        _measured(ax_iou, history, "val_accuracy", "k-", lw=2.5)
         ax_iou.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1), title="validation (image-level labels)")
     else:
         ax_iou.text(0.5, 0.5, "no validation images", ha="center", va="center")

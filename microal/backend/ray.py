@@ -97,9 +97,6 @@ class RayWorkerSession:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(model)
 
-    def prepare_loader(self, loader):
-        return ray.train.torch.prepare_data_loader(loader)
-
     @contextmanager
     def restored_checkpoint(self) -> Iterator[Path | None]:
         checkpoint = ray.train.get_checkpoint()

@@ -16,6 +16,26 @@ def standardise(window: np.ndarray, mean: float, std: float) -> np.ndarray:
     return ((window - mean) / std).astype(np.float32)
 
 
+def sample_seed(*parts: int) -> int:
+    """One 32-bit seed from several integers (run seed, epoch, index)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def epoch_and_index(key, epoch: int) -> tuple[int, int]:
+    """A dataset key is an index, or (epoch, index) from a sampler that knows the epoch: loader
+    processes hold their own copy of the dataset, so its `epoch` attribute may be stale there."""
+    if isinstance(key, tuple | list):
+        return int(key[0]), int(key[1])
+    return epoch, int(key)
+
+
+def augment_sample(augment, seed: int, image: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """Apply an albumentations pipeline seeded for this one sample, so a window's augmentation
+    depends on (seed, epoch, index) only: not on which loader process cuts it, nor on a resume."""
+    augment.set_random_seed(seed)
+    return augment(image=image) if mask is None else augment(image=image, mask=mask)
+
+
 class WindowSource:
     """Loads each image's padded arrays once and cuts windows from them."""
 
@@ -99,11 +119,11 @@ class TileDataset(Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch if self.sampling == "random" else len(self.tiles)
 
-    def _position(self, index: int) -> tuple[str, int, int]:
+    def _position(self, epoch: int, index: int) -> tuple[str, int, int]:
         if self.sampling == "grid":
             tile = self.tiles.iloc[index]
             return tile.image_id, int(tile.y), int(tile.x)
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+        rng = np.random.default_rng((self.seed, epoch, index))
         tile = self.tiles.iloc[int(rng.integers(len(self.tiles)))]
         y_max, x_max = (int(v) for v in self._extent.loc[tile.image_id])
         if self.around == "image":  # centres fall anywhere in the (padded) image
@@ -114,14 +134,15 @@ class TileDataset(Dataset):
         x = int(np.clip(int(tile.x) + rng.integers(-half, half + 1), 0, x_max))
         return tile.image_id, y, x
 
-    def __getitem__(self, index: int):
-        image_id, y, x = self._position(index)
+    def __getitem__(self, key):
+        epoch, index = epoch_and_index(key, self.epoch)
+        image_id, y, x = self._position(epoch, index)
         image, mask = self.source.cut(image_id, y, x)
         image = np.array(image)
         # Unlabelled images (a UDA target, a pool) get an all-ignore mask.
         mask = np.full(image.shape, IGNORE_INDEX, np.uint8) if mask is None else np.array(mask)
         if self.augment is not None:
-            out = self.augment(image=image, mask=mask)
+            out = augment_sample(self.augment, sample_seed(self.seed, epoch, index), image, mask)
             image, mask = out["image"], out["mask"]
         mean, std = self.source.stats(image_id)
         return torch.from_numpy(standardise(image, mean, std)[None]), torch.from_numpy(mask.astype(np.int64))

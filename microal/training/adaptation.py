@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from microal.config import ProjectConfig
 from microal.data.datasets import TileDataset
@@ -30,14 +29,21 @@ from microal.data.tiling import crop_centre
 from microal.models.factory import build_model, load_model_weights, parameter_groups
 from microal.models.model_file import unwrap
 from microal.training.loop import (
+    Compute,
+    EpochPlan,
     WorkerSession,
     all_reduce_sum,
+    announce,
     begin_epoch,
+    make_loader,
     next_attempt,
+    prepare_network,
     report_epoch,
     restore_state,
     shard_batches,
     validate,
+    validation_subset,
+    worker_compute,
 )
 from microal.training.payloads import AdaptationData, TrainJob
 from microal.training.supervised import make_loss, training_datasets
@@ -137,17 +143,19 @@ def target_sets(
     sample = target_tiles.sample(n=min(len(target_tiles), SIGNAL_TILES), random_state=0)
     signal = TileDataset(tileset, sample.assign(labelled=False))
     val_ids = data.target_val_images
-    val_tiles = tiles[tiles.image_id.isin(val_ids) & tiles.labelled]
+    val_tiles = validation_subset(tiles[tiles.image_id.isin(val_ids) & tiles.labelled], cfg.training)
     labelled = TileDataset(tileset, val_tiles) if len(val_tiles) and uda.target_val is not None else None
     return adapt, signal, labelled
 
 
 @torch.no_grad()
-def _target_entropy(forward, dataset, cfg, session) -> float:
+def _target_entropy(forward, dataset, cfg, session, compute: Compute) -> float:
     """Mean prediction entropy on the target tiles: a label-free (and fallible) signal."""
     total, count = 0.0, 0
     for images, _ in shard_batches(dataset, cfg.training.batch_size, session.world_rank, session.world_size):
-        logits = crop_centre(forward(images.to(session.device)), cfg.tiling.margin)
+        with compute.autocast():
+            logits = forward(compute.to_device(images))
+        logits = crop_centre(logits.float(), cfg.tiling.margin)
         total += float(entropy_map(logits).sum(dim=1).mean()) * len(images)
         count += len(images)
     total, count = all_reduce_sum(np.array([total, count], dtype=np.float64), session.device)
@@ -165,6 +173,7 @@ def adaptation_step(
     xt: torch.Tensor,
     uda,
     margin: int,
+    compute: Compute | None = None,
 ) -> np.ndarray:
     """One update of the segmenter, then one of the discriminators.
 
@@ -172,12 +181,15 @@ def adaptation_step(
     correct pixels, discriminator pixels] for the epoch's sums.
     """
     adversarial = uda.method in ("adaptsegnet", "advent")
+    compute = compute or Compute(xs.device, "fp32")
     raw_discriminators = unwrap(discriminators)  # used un-wrapped (and frozen) in the segmenter's step
     # 1. segmenter: one forward over both domains (one DDP pass, one backward). Source-only
     # never sees the target: a joint forward would put target images into the batch-norm
-    # statistics, itself an adaptation (AdaBN), and flatter the baseline.
-    main, aux = segmenter(torch.cat([xs, xt]) if adversarial else xs)
-    main, aux, ys = crop_centre(main, margin), crop_centre(aux, margin), crop_centre(ys, margin)
+    # statistics, itself an adaptation (AdaBN), and flatter the baseline. The networks run in
+    # the compute's precision; everything after them in fp32.
+    with compute.autocast():
+        main, aux = segmenter(torch.cat([xs, xt]) if adversarial else xs)
+    main, aux, ys = crop_centre(main.float(), margin), crop_centre(aux.float(), margin), crop_centre(ys, margin)
     ns = len(xs)
     seg = loss_fn(main[:ns], ys) + uda.weight_seg_aux * loss_fn(aux[:ns], ys)
     loss = seg
@@ -185,36 +197,43 @@ def adaptation_step(
     if adversarial:
         for p in raw_discriminators.parameters():
             p.requires_grad_(False)
-        d_main, d_aux = raw_discriminators(
-            discriminator_input(main[ns:], uda.method), discriminator_input(aux[ns:], uda.method)
-        )
+        with compute.autocast():
+            d_main, d_aux = raw_discriminators(
+                discriminator_input(main[ns:], uda.method), discriminator_input(aux[ns:], uda.method)
+            )
+        d_main, d_aux = d_main.float(), d_aux.float()
         # Fool the discriminators: target outputs should look like source outputs.
         adv = uda.weight_adv * _bce(d_main, SOURCE_LABEL) + uda.weight_adv_aux * _bce(d_aux, SOURCE_LABEL)
         loss = loss + adv
     if uda.method == "advent":
         ent = uda.weight_entropy * (mean_entropy(main[ns:]) + uda.weight_seg_aux * mean_entropy(aux[ns:]))
         loss = loss + ent
+    scaler = compute.scaler
     seg_optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    seg_optimizer.step()
+    scaler.scale(loss).backward()
+    scaler.step(seg_optimizer)
     result = np.array([float(seg.detach()), float(adv.detach()), float(ent.detach()), 0.0, 0.0, 0.0])
     if not adversarial:
+        scaler.update()
         return result
     for p in raw_discriminators.parameters():
         p.requires_grad_(True)
 
     # 2. discriminators on detached outputs of both levels: source -> 0, target -> 1.
-    d_main, d_aux = discriminators(
-        discriminator_input(main.detach(), uda.method), discriminator_input(aux.detach(), uda.method)
-    )
+    with compute.autocast():
+        d_main, d_aux = discriminators(
+            discriminator_input(main.detach(), uda.method), discriminator_input(aux.detach(), uda.method)
+        )
+    d_main, d_aux = d_main.float(), d_aux.float()
     labels = torch.cat([torch.full((ns,), SOURCE_LABEL), torch.full((len(xt),), TARGET_LABEL)]).to(xs.device)
     main_labels = labels.view(-1, 1, 1, 1).expand_as(d_main)
     disc_loss = F.binary_cross_entropy_with_logits(d_main, main_labels) + F.binary_cross_entropy_with_logits(
         d_aux, labels.view(-1, 1, 1, 1).expand_as(d_aux)
     )
     disc_optimizer.zero_grad(set_to_none=True)
-    disc_loss.backward()
-    disc_optimizer.step()
+    scaler.scale(disc_loss).backward()
+    scaler.step(disc_optimizer)
+    scaler.update()
     correct = ((d_main.detach() > 0).float() == main_labels).float()
     result[3:] = [float(disc_loss.detach()), float(correct.sum()), correct.numel()]
     return result
@@ -231,8 +250,9 @@ def adapt_worker(job: TrainJob, session: WorkerSession) -> None:
     if job.init_model:
         load_model_weights(segmenter.net, job.init_model)
     discriminators = Discriminators(cfg.num_classes, uda.discriminator_channels)
-    segmenter = session.prepare_model(segmenter)
-    discriminators = session.prepare_model(discriminators)
+    segmenter = prepare_network(session, segmenter)
+    discriminators = prepare_network(session, discriminators)
+    compute = worker_compute(session, training)
 
     groups = parameter_groups(unwrap(segmenter).net, training.lr, training.encoder_lr_factor)
     groups.append({"params": list(unwrap(segmenter).aux_head.parameters()), "lr": training.lr, "name": "aux"})
@@ -245,12 +265,9 @@ def adapt_worker(job: TrainJob, session: WorkerSession) -> None:
     loss_fn = make_loss(cfg, source_set, session.device)
     target_set, signal_set, target_val_set = target_sets(job.data, cfg, tileset)
     target_batch = uda.target_batch_size or training.batch_size
-    source_loader = session.prepare_loader(
-        DataLoader(source_set, batch_size=training.batch_size, shuffle=True, drop_last=True)
-    )
-    target_loader = session.prepare_loader(
-        DataLoader(target_set, batch_size=target_batch, shuffle=True, drop_last=True)
-    )
+    source_loader = make_loader(source_set, training.batch_size, session, training, seed=training.seed)
+    target_loader = make_loader(target_set, target_batch, session, training, seed=training.seed + 7)
+    announce(session, compute, source_loader, target_loader)
     steps_per_epoch = len(source_loader)
     total_steps = max(1, training.epochs * steps_per_epoch)
 
@@ -259,10 +276,12 @@ def adapt_worker(job: TrainJob, session: WorkerSession) -> None:
         "discriminators": discriminators,
         "seg_optimizer": seg_optimizer,
         "disc_optimizer": disc_optimizer,
+        "scaler": compute.scaler,
     }
     net_view = _NetView(segmenter)  # the model file holds the plain smp network
     start_epoch, history = restore_state(session, net_view, stateful)
     attempt = next_attempt(history)
+    plan = EpochPlan(training, training.epochs, job.selection, history)
     margin = cfg.tiling.margin
     adversarial = uda.method in ("adaptsegnet", "advent")
 
@@ -278,10 +297,10 @@ def adapt_worker(job: TrainJob, session: WorkerSession) -> None:
             poly_lr(seg_optimizer, seg_base, global_step, total_steps, uda.poly_power)
             poly_lr(disc_optimizer, disc_base, global_step, total_steps, uda.poly_power)
             xt, _ = next(targets)
-            xs, ys, xt = xs.to(session.device), ys.to(session.device), xt.to(session.device)
+            xs, ys, xt = compute.to_device(xs), compute.to_device(ys), compute.to_device(xt)
 
             sums += adaptation_step(
-                segmenter, discriminators, seg_optimizer, disc_optimizer, loss_fn, xs, ys, xt, uda, margin
+                segmenter, discriminators, seg_optimizer, disc_optimizer, loss_fn, xs, ys, xt, uda, margin, compute
             )
 
         totals = all_reduce_sum(np.append(sums, steps_per_epoch), session.device)
@@ -297,16 +316,29 @@ def adapt_worker(job: TrainJob, session: WorkerSession) -> None:
         }
         segmenter.eval()
         forward = lambda x: unwrap(segmenter).net(x)  # noqa: E731 - the main output only
-        if val_set is not None:
-            metrics.update(validate(forward, val_set, cfg, session, loss_fn))
-        else:
-            metrics["val_miou"] = float("nan")
-        metrics["target_entropy"] = _target_entropy(forward, signal_set, cfg, session)
-        if target_val_set is not None:
-            metrics.update(validate(forward, target_val_set, cfg, session, loss_fn, prefix="target"))
+        validation_started, metrics["val_seconds"] = time.time(), 0.0
+        metrics["val_miou"] = metrics["target_entropy"] = float("nan")
+        if plan.validates(epoch + 1):
+            if val_set is not None:
+                metrics.update(validate(forward, val_set, cfg, session, loss_fn, compute=compute))
+            metrics["target_entropy"] = _target_entropy(forward, signal_set, cfg, session, compute)
+            if target_val_set is not None:
+                metrics.update(
+                    validate(forward, target_val_set, cfg, session, loss_fn, prefix="target", compute=compute)
+                )
+            metrics["val_seconds"] = time.time() - validation_started
         metrics.update(epoch_seconds=time.time() - started, lr=seg_optimizer.param_groups[1]["lr"], attempt=attempt)
         history.append(metrics)
-        report_epoch(session, job, metrics, history, net_view, stateful, tileset.domain_stats())
+        report_epoch(
+            session,
+            job,
+            metrics,
+            history,
+            net_view,
+            stateful,
+            tileset.domain_stats(),
+            checkpoint=plan.checkpoints(metrics),
+        )
 
 
 class _NetView(nn.Module):

@@ -295,7 +295,14 @@ def _resolved(path: str | Path | None) -> str | None:
 def build_job(kind: str, config: ProjectConfig, tiles_root: Path, init_model: str | None = None) -> BuiltJob:
     job_type = job_kind(kind)
     data, splits = job_type.build(config, tiles_root)
-    job = TrainJob(config, str(Path(tiles_root).resolve()), data, _resolved(init_model), job_type.progress)
+    job = TrainJob(
+        config,
+        str(Path(tiles_root).resolve()),
+        data,
+        _resolved(init_model),
+        job_type.progress,
+        job_type.selection(config, data),
+    )
     return BuiltJob(job_type, job, splits)
 
 

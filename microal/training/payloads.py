@@ -58,3 +58,5 @@ class TrainJob:
     data: Payload
     init_model: str | None = None  # a microal model file to start from (fine-tuning, warm start)
     progress: tuple[str, ...] = ()  # metrics the epoch line shows besides the losses (the job kind's)
+    # The metric (and mode) that picks the best epoch: an epoch that improves it is checkpointed.
+    selection: tuple[str, str] = ("val_miou", "max")

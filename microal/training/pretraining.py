@@ -20,22 +20,28 @@ import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.base import ClassificationHead
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from microal.data.augment import load_pipeline
-from microal.data.datasets import WindowSource, standardise
+from microal.data.datasets import WindowSource, augment_sample, epoch_and_index, standardise
 from microal.data.tiles import load_tiles
 from microal.models.factory import build_model
 from microal.models.model_file import ENCODER_FILE, save_encoder_file, unwrap
 from microal.training.loop import (
+    Compute,
+    EpochPlan,
     WorkerSession,
     all_reduce_sum,
+    announce,
     begin_epoch,
     fit_epoch,
+    make_loader,
     next_attempt,
+    prepare_network,
     report_epoch,
     restore_state,
     shard_batches,
+    worker_compute,
 )
 from microal.training.payloads import TrainJob
 
@@ -62,12 +68,13 @@ class WindowViews(Dataset):
         y, x = int(np.clip(y + dy, 0, y_max)), int(np.clip(x + dx, 0, x_max))
         window = np.array(self.source.cut(image_id, y, x)[0])
         if self.augment is not None:
-            window = self.augment(image=window)["image"]
+            window = augment_sample(self.augment, int(rng.integers(2**32)), window)["image"]
         mean, std = self.source.stats(image_id)
         return torch.from_numpy(standardise(window, mean, std)[None])
 
-    def __getitem__(self, index: int):
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+    def __getitem__(self, key):
+        epoch, index = epoch_and_index(key, self.epoch)
+        rng = np.random.default_rng((self.seed, epoch, index))
         tile = self.tiles.iloc[int(rng.integers(len(self.tiles)))]
         y_max, x_max = (int(v) for v in self.extent.loc[tile.image_id])
         y, x = int(rng.integers(0, y_max + 1)), int(rng.integers(0, x_max + 1))
@@ -120,7 +127,8 @@ def pretrain_worker(job: TrainJob, session: WorkerSession) -> None:
     num_labels = len(set(labels.values())) if labels else 0
 
     encoder = build_model(cfg.model, cfg.num_classes).encoder
-    net = session.prepare_model(PretrainNet(encoder, pre.method, num_labels, pre.projection_dim, pre.dropout))
+    net = prepare_network(session, PretrainNet(encoder, pre.method, num_labels, pre.projection_dim, pre.dropout))
+    compute = worker_compute(session, cfg.training)
     optimizer = torch.optim.AdamW(net.parameters(), lr=pre.lr, weight_decay=pre.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=pre.epochs)
     tiles = tileset.tiles
@@ -140,24 +148,29 @@ def pretrain_worker(job: TrainJob, session: WorkerSession) -> None:
         if labels and len(val_tiles)
         else None
     )
-    loader = session.prepare_loader(DataLoader(train_set, batch_size=pre.batch_size, shuffle=True, drop_last=True))
+    loader = make_loader(train_set, pre.batch_size, session, cfg.training, seed=cfg.training.seed)
+    announce(session, compute, loader)
 
-    stateful = {"optimizer": optimizer, "scheduler": scheduler}
+    stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": compute.scaler}
     start_epoch, history = restore_state(session, net, stateful)
     attempt = next_attempt(history)
+    plan = EpochPlan(cfg.training, pre.epochs, job.selection, history)
 
-    def batch_loss(first, second):
+    def batch_loss(first, second):  # the heads' outputs enter the losses in fp32
         if labels is None:  # SimCLR: two views of the same windows
-            return nt_xent(net(first), net(second), pre.temperature)
-        return F.cross_entropy(net(first), second)  # classification: a view and its image's label
+            return nt_xent(net(first).float(), net(second).float(), pre.temperature)
+        return F.cross_entropy(net(first).float(), second)  # classification: a view and its image's label
 
     for epoch in range(start_epoch, pre.epochs):
         started = time.time()
         begin_epoch(epoch, [train_set], [loader])
-        metrics = {"epoch": epoch + 1, "train_loss": fit_epoch(net, loader, optimizer, batch_loss, session)}
+        metrics = {"epoch": epoch + 1, "train_loss": fit_epoch(net, loader, optimizer, batch_loss, compute)}
         scheduler.step()
-        if val_set is not None:
-            metrics["val_accuracy"] = _accuracy(net, val_set, pre.batch_size, session)
+        metrics["val_seconds"] = 0.0
+        if val_set is not None and plan.validates(epoch + 1):
+            validation_started = time.time()
+            metrics["val_accuracy"] = _accuracy(net, val_set, pre.batch_size, session, compute)
+            metrics["val_seconds"] = time.time() - validation_started
         metrics.update(epoch_seconds=time.time() - started, lr=optimizer.param_groups[0]["lr"], attempt=attempt)
         history.append(metrics)
         write_encoder = partial(
@@ -180,15 +193,17 @@ def pretrain_worker(job: TrainJob, session: WorkerSession) -> None:
             None,
             extra_files={ENCODER_FILE: write_encoder},
             epochs=pre.epochs,
+            checkpoint=plan.checkpoints(metrics),
         )
 
 
 @torch.no_grad()
-def _accuracy(net, dataset, batch_size: int, session) -> float:
+def _accuracy(net, dataset, batch_size: int, session, compute: Compute) -> float:
     net.eval()
     correct = total = 0
     for images, labels in shard_batches(dataset, batch_size, session.world_rank, session.world_size):
-        predictions = net(images.to(session.device)).argmax(1).cpu()
+        with compute.autocast():
+            predictions = net(compute.to_device(images)).float().argmax(1).cpu()
         correct += int((predictions == labels).sum())
         total += len(labels)
     correct, total = all_reduce_sum(np.array([correct, total], dtype=np.float64), session.device)

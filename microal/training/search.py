@@ -15,7 +15,7 @@ import pandas as pd
 
 from microal.backend import ray as ray_backend
 from microal.config import ProjectConfig, apply_overrides, save_config
-from microal.errors import MicroalError
+from microal.errors import ConfigError, MicroalError
 from microal.files import atomic_path
 from microal.plots import search_curves
 from microal.training.jobs import build_job, run_spec
@@ -113,6 +113,12 @@ def tune(
     seed: int = 0,
     reduction_factor: int = 3,
 ) -> SearchSummary:
+    if config.training.validate_every != 1 and not space.metric.startswith("train_"):
+        # ASHA compares trials on the metric of every epoch: an epoch without validation has none.
+        raise ConfigError(
+            f"training.validate_every: a search on {space.metric} needs validation after every epoch "
+            f"(it is {config.training.validate_every}); use training.val_windows to make validation cheap"
+        )
     built = build_job(space.job, config, tiles_root)
     max_epochs = built.kind.epochs(config)
     ray_backend.init_ray(address)

@@ -9,7 +9,6 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from microal.config import ProjectConfig
 from microal.data.augment import load_pipeline
@@ -19,13 +18,19 @@ from microal.data.tiles import load_tiles
 from microal.data.tiling import IGNORE_INDEX, crop_centre
 from microal.models.factory import build_model, load_model_weights, parameter_groups
 from microal.training.loop import (
+    EpochPlan,
     WorkerSession,
+    announce,
     begin_epoch,
     fit_epoch,
+    make_loader,
     next_attempt,
+    prepare_network,
     report_epoch,
     restore_state,
     validate,
+    validation_subset,
+    worker_compute,
 )
 from microal.training.payloads import SupervisedData, TrainJob
 
@@ -40,6 +45,7 @@ class SegmentationLoss(torch.nn.Module):
         self.register_buffer("class_weights", class_weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # the loss in fp32, whatever precision the network ran in
         if not bool((target != IGNORE_INDEX).any()):
             # Nothing labelled in the batch: a zero loss (cross-entropy's mean would be 0/0 = nan).
             return logits.sum() * 0.0
@@ -73,7 +79,8 @@ def make_loss(cfg: ProjectConfig, train_set: TileDataset, device: torch.device) 
 def training_datasets(
     data: SupervisedData, cfg: ProjectConfig, tileset, rank: int
 ) -> tuple[TileDataset, TileDataset | None]:
-    """The labelled train windows (augmented, sampled as configured) and the validation tiles."""
+    """The labelled train windows (augmented, sampled as configured) and the validation tiles
+    (all, or training.val_windows of them)."""
     training = cfg.training
     tiles = tileset.tiles
     # Active learning names tiles (labelled ones) and a label store; otherwise whole images.
@@ -96,6 +103,7 @@ def training_datasets(
         # Named tiles (active learning) carry the only labels of their images.
         around="tile" if named is not None else "image",
     )
+    val_tiles = validation_subset(val_tiles, training)
     val_set = TileDataset(tileset, val_tiles, labels=labels) if len(val_tiles) else None
     return train_set, val_set
 
@@ -110,22 +118,21 @@ def train_worker(job: TrainJob, session: WorkerSession) -> None:
     net = build_model(cfg.model, cfg.num_classes)
     if job.init_model:
         load_model_weights(net, job.init_model)
-    net = session.prepare_model(net)
+    net = prepare_network(session, net)
+    compute = worker_compute(session, training)
     optimizer = torch.optim.AdamW(
         parameter_groups(net, training.lr, training.encoder_lr_factor), weight_decay=training.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=training.epochs)
     train_set, val_set = training_datasets(job.data, cfg, tileset, session.world_rank)
     loss_fn = make_loss(cfg, train_set, session.device)
-    loader = session.prepare_loader(
-        DataLoader(
-            train_set, batch_size=training.batch_size, shuffle=True, drop_last=len(train_set) > training.batch_size
-        )
-    )
+    loader = make_loader(train_set, training.batch_size, session, training, seed=training.seed)
+    announce(session, compute, loader)
 
-    stateful = {"optimizer": optimizer, "scheduler": scheduler}
+    stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": compute.scaler}
     start_epoch, history = restore_state(session, net, stateful)
     attempt = next_attempt(history)
+    plan = EpochPlan(training, training.epochs, job.selection, history)
     margin = cfg.tiling.margin
 
     def batch_loss(images, masks):
@@ -136,14 +143,18 @@ def train_worker(job: TrainJob, session: WorkerSession) -> None:
         begin_epoch(epoch, [train_set], [loader])
         metrics: dict[str, float] = {
             "epoch": epoch + 1,
-            "train_loss": fit_epoch(net, loader, optimizer, batch_loss, session),
+            "train_loss": fit_epoch(net, loader, optimizer, batch_loss, compute),
         }
         scheduler.step()
-        if val_set is not None:
+        validation_started, metrics["val_seconds"] = time.time(), 0.0
+        if val_set is not None and plan.validates(epoch + 1):
             net.eval()
-            metrics.update(validate(net, val_set, cfg, session, loss_fn))
+            metrics.update(validate(net, val_set, cfg, session, loss_fn, compute=compute))
+            metrics["val_seconds"] = time.time() - validation_started
         else:
             metrics["val_miou"] = float("nan")
         metrics.update(epoch_seconds=time.time() - started, lr=optimizer.param_groups[1]["lr"], attempt=attempt)
         history.append(metrics)
-        report_epoch(session, job, metrics, history, net, stateful, tileset.domain_stats())
+        report_epoch(
+            session, job, metrics, history, net, stateful, tileset.domain_stats(), checkpoint=plan.checkpoints(metrics)
+        )
