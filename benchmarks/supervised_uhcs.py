@@ -6,7 +6,7 @@ images at full size and scores them. Last line:
 
     uhcs miou=<0..1> iou=<c0>,<c1>,<c2>,<c3> minutes=<m>
 
-Usage: python benchmarks/supervised_uhcs.py [--out bench-out/supervised_uhcs] [--epochs N]
+Usage: python benchmarks/supervised_uhcs.py [--out bench-out/supervised_uhcs] [--epochs N] [--precision fp32]
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from common import UHCS_TEST as TEST_IMAGES
 def main() -> int:
     args_parser = parser(__doc__, "supervised_uhcs", dataset="uhcs")
     args_parser.add_argument("--epochs", type=int, help="override training.epochs")
+    args_parser.add_argument("--precision", help="override training.precision (auto, fp32, bf16)")
     args = args_parser.parse_args()
     data = require_data(args.data)
 
-    from microal.config import load_config
+    from microal.config import apply_overrides, load_config
     from microal.data.catalog import ingest
     from microal.data.tiles import build_tiles
     from microal.inference.evaluate import evaluate_predictions, format_table
@@ -36,8 +37,10 @@ def main() -> int:
     ws = Workspace.at(fresh(args.out))
     config = load_config(REPO / "examples" / "uhcs.yaml")
     assert sorted(config.split.test.values) == sorted(TEST_IMAGES), "examples/uhcs.yaml must hold out test4A"
-    if args.epochs:
-        config = config.model_copy(update={"training": config.training.model_copy(update={"epochs": args.epochs})})
+    overrides = {"training.epochs": args.epochs, "training.precision": args.precision}
+    config = apply_overrides(
+        config, {key: value for key, value in overrides.items() if value}, source="--epochs/--precision"
+    )
 
     catalog, _ = ingest(data / "manifest.csv", config, ws.catalog, progress=False)
     build_tiles(catalog, config, ws.tiles, progress=False)
