@@ -50,3 +50,17 @@ def test_ray_and_the_label_studio_sdk_each_have_one_importer():
 
     assert importers("ray") == ["backend/ray.py"]
     assert importers("label_studio_sdk") == ["labelstudio/client.py"]
+
+
+def test_the_loops_run_without_ray():
+    """benchmarks/throughput.py goes to machines with only PyTorch: what it imports must not need Ray."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # any `import ray` now fails
+        "import microal.training.supervised, microal.training.local, microal.active.scoring, "
+        "microal.data.catalog, microal.data.tiles, microal.data.synth"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
