@@ -40,6 +40,18 @@ def device_name(device: torch.device) -> str:
     return f"cpu-{torch.get_num_threads()}threads-{platform.machine()}"
 
 
+def rate(run, items_per_call: int, calls: int, device: torch.device, warm_up: int = 2) -> float:
+    """Items/s of `run()` after `warm_up` untimed calls, the device's queue drained at both ends."""
+    for _ in range(warm_up):
+        run()
+    synchronise(device)
+    started = time.perf_counter()
+    for _ in range(calls):
+        run()
+    synchronise(device)
+    return items_per_call * calls / (time.perf_counter() - started)
+
+
 def ceiling_training(config, device, precision: str, batch: int, steps: int) -> float:
     """Windows/s of forward + loss + backward + step on random tensors already on the device."""
     from microal.models.compute import autocast, channels_last, grad_scaler
@@ -60,14 +72,7 @@ def ceiling_training(config, device, precision: str, batch: int, steps: int) -> 
         scaler.step(optimizer)
         scaler.update()
 
-    for _ in range(2):
-        step()
-    synchronise(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronise(device)
-    return batch * steps / (time.perf_counter() - started)
+    return rate(step, batch, steps, device)
 
 
 @torch.no_grad()
@@ -82,13 +87,7 @@ def ceiling_scoring(member_files, device, precision: str, batch: int, window: in
         for member in members:
             member.forward(x)
 
-    forward()
-    synchronise(device)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        forward()
-    synchronise(device)
-    return batch * repeats / (time.perf_counter() - started)
+    return rate(forward, batch, repeats, device)
 
 
 def main() -> int:
@@ -156,7 +155,7 @@ def main() -> int:
     train_worker(job, session)
     epoch_seconds = [m["epoch_seconds"] for m, _ in session.reports[1:]]
     train_rate = windows / statistics.median(epoch_seconds)
-    train_ceiling = ceiling_training(config, device, precision, batch, steps=max(4, windows // batch // 2))
+    train_ceiling = ceiling_training(config, device, precision, batch, steps=max(8, windows // batch))
     print(f"training: {train_rate:.1f} windows/s in microal's loop, ceiling {train_ceiling:.1f}", flush=True)
 
     # Scoring: five untrained members (speed does not depend on the weights).
