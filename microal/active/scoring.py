@@ -57,11 +57,10 @@ class TileScorer:
         device: str = "cpu",
         threads: int | None = None,
         forward_batch: int = 32,
-        precision: str | None = None,
     ):
         if threads:
             torch.set_num_threads(threads)
-        self.members = [load_model(path, device=device, precision=precision) for path in member_files]
+        self.members = [load_model(path, device=device) for path in member_files]
         self.device = torch.device(device)
         self.forward_batch = forward_batch
         self.tileset = load_tiles(tiles_root)
@@ -109,15 +108,15 @@ class TileScorer:
         batch = batch.to(self.device, non_blocking=True)
         probs, embeddings = [], None
         for index, member in enumerate(self.members):
-            net = member.net
-            with autocast(self.device, member.precision):
-                if with_embeddings and index == 0:
+            if with_embeddings and index == 0:  # the first member's encoder features are the embedding
+                net = member.net
+                with autocast(self.device, member.precision):
                     features = net.encoder(batch)
-                    embeddings = features[-1].float().mean(dim=(2, 3)).cpu().numpy()
-                    logits = net.segmentation_head(net.decoder(features))
-                else:
-                    logits = net(batch)
-            probs.append(torch.softmax(crop_centre(logits.float(), self.margin), dim=1))
+                    logits = net.segmentation_head(net.decoder(features)).float()
+                embeddings = features[-1].float().mean(dim=(2, 3)).cpu().numpy()
+            else:
+                logits = member.forward(batch)
+            probs.append(torch.softmax(crop_centre(logits, self.margin), dim=1))
         return torch.stack(probs), embeddings
 
     def score(

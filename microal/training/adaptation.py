@@ -287,7 +287,7 @@ def adapt_worker(job: TrainJob, session: WorkerSession) -> None:
 
     for epoch in range(start_epoch, training.epochs):
         started = time.time()
-        begin_epoch(epoch, [source_set, target_set], [source_loader, target_loader])
+        begin_epoch(epoch, [source_loader, target_loader])
         segmenter.train()
         discriminators.train()
         sums = np.zeros(6)  # see adaptation_step

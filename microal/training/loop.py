@@ -168,11 +168,11 @@ def validate(
     session: WorkerSession,
     loss_fn,
     prefix: str = "val",
-    compute: Compute | None = None,
+    *,
+    compute: Compute,
 ) -> dict[str, float]:
     """Loss, mIoU and per-class IoU on tile centres, summed exactly over all workers' shards."""
     margin = cfg.tiling.margin
-    compute = compute or Compute(session.device, "fp32")
     counts = PixelCounts.zeros(cfg.num_classes)
     loss_sum, pixel_sum = 0.0, 0
     for images, masks in shard_batches(dataset, cfg.training.batch_size, session.world_rank, session.world_size):
@@ -296,14 +296,11 @@ def report_epoch(
         session.report(metrics, directory)
 
 
-def begin_epoch(epoch: int, datasets: list, loaders: list) -> None:
-    """New random windows and a new shuffle for this epoch (the same on a resumed run)."""
-    for dataset in datasets:
-        dataset.set_epoch(epoch)
+def begin_epoch(epoch: int, loaders: list[DataLoader]) -> None:
+    """New random windows and a new shuffle for this epoch (the same on a resumed run): the
+    loaders' EpochSamplers hand the epoch to the datasets with every index."""
     for loader in loaders:
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)
 
 
 def fit_epoch(net: torch.nn.Module, loader, optimizer: torch.optim.Optimizer, batch_loss, compute: Compute) -> float:

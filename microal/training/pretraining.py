@@ -163,7 +163,7 @@ def pretrain_worker(job: TrainJob, session: WorkerSession) -> None:
 
     for epoch in range(start_epoch, pre.epochs):
         started = time.time()
-        begin_epoch(epoch, [train_set], [loader])
+        begin_epoch(epoch, [loader])
         metrics = {"epoch": epoch + 1, "train_loss": fit_epoch(net, loader, optimizer, batch_loss, compute)}
         scheduler.step()
         metrics["val_seconds"] = 0.0

@@ -140,7 +140,7 @@ def train_worker(job: TrainJob, session: WorkerSession) -> None:
 
     for epoch in range(start_epoch, training.epochs):
         started = time.time()
-        begin_epoch(epoch, [train_set], [loader])
+        begin_epoch(epoch, [loader])
         metrics: dict[str, float] = {
             "epoch": epoch + 1,
             "train_loss": fit_epoch(net, loader, optimizer, batch_loss, compute),
