@@ -9,6 +9,7 @@ rejected with the key's dotted name, e.g. ``training.lr: must be > 0``.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,17 +140,37 @@ class SplitConfig(_Strict):
 class ModelConfig(_Strict):
     arch: str = "unet"
     encoder: str = "resnet18"
-    # "none", "imagenet" (smp's loader, needs the network) or a path to a local encoder checkpoint.
+    # "none", a pretrained source ("imagenet", "micronet": NASA's encoders pretrained on micrographs,
+    # "image-micronet": ImageNet then MicroNet), downloaded once into the weights cache (see
+    # microal.models.weights), or a path to a local encoder checkpoint.
     encoder_weights: str = "none"
     options: dict[str, Any] = Field(default_factory=dict)  # passed to smp.create_model
 
 
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h)\s*$")
+DURATION_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90s", "20min", "1.5h"."""
+    match = DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 20min or 1.5h")
+    return float(match.group(1)) * DURATION_SECONDS[match.group(2)]
+
+
 class TrainingConfig(_Strict):
     epochs: int = Field(20, ge=1)
+    # A time for the whole fit ("20min"): a timing probe on the worker decides how many epochs fit
+    # (at most `epochs`) and the learning-rate schedule ends with them. "40 epochs" (or 40) is
+    # the same as epochs: 40.
+    budget: str | None = None
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)  # decoder and head
     encoder_lr_factor: float = Field(0.1, gt=0, le=10)  # encoder lr = lr x factor (seed: 0.1)
     weight_decay: float = Field(1e-4, ge=0)
+    # Linear warm-up over this fraction of the epochs, then cosine decay to zero (0: cosine only).
+    warmup: float = Field(0.0, ge=0, lt=1)
     dice_weight: float = Field(1.0, ge=0)  # loss = cross-entropy + dice_weight x Dice
     # Cross-entropy class weights: none, balanced (1/sqrt of each class's pixel share in the
     # training images, so rare phases count), or one number per class.
@@ -175,6 +196,28 @@ class TrainingConfig(_Strict):
     cpus_per_worker: int | None = Field(None, ge=1)  # default: share the machine's CPUs
     seed: int = 0
     max_failures: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_in_epochs(cls, data):
+        # `budget: 40` or `budget: 40 epochs` is a number of epochs, not a time.
+        if isinstance(data, dict) and data.get("budget") is not None:
+            budget = str(data["budget"]).strip()
+            match = re.fullmatch(r"(\d+)(\s*epochs?)?", budget)
+            if match:
+                data = {**data, "epochs": int(match.group(1)), "budget": None}
+        return data
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_is_a_duration(cls, value):
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def budget_seconds(self) -> float | None:
+        return parse_duration(self.budget) if self.budget is not None else None
 
 
 class PreprocessConfig(_Strict):
@@ -285,8 +328,57 @@ class LabelStudioConfig(_Strict):
     webhook_port: int | None = Field(None, ge=1, le=65535)  # listen on 127.0.0.1:port; else poll
 
 
+# Settings the training plan (microal.planning) can choose: write `auto` as their value, or list
+# them under the top-level `auto:` key (`auto: all`: every one the config does not set).
+PLANNABLE = (
+    "tiling.target_um_per_px",
+    "tiling.tile_size",
+    "tiling.margin",
+    "model.encoder_weights",
+    "model.options",
+    "training.epochs",
+    "training.batch_size",
+    "training.lr",
+    "training.encoder_lr_factor",
+    "training.warmup",
+    "training.class_weights",
+    "training.augmentation",
+    "training.sampling",
+    "training.samples_per_epoch",
+    "training.val_windows",
+)
+
+
+def _collect_auto(data: dict[str, Any]) -> dict[str, Any]:
+    """Move plannable settings written as `auto` into the top-level `auto` list (and expand `auto: all`)."""
+    data = copy.deepcopy(data)
+    requested = data.get("auto") or []
+    if requested == "all":
+        requested = [key for key in PLANNABLE if _lookup(data, key) is None]
+    elif isinstance(requested, str):
+        requested = [requested]
+    planned = list(requested) if isinstance(requested, list) else requested
+    for key in PLANNABLE:
+        section, leaf = key.split(".")
+        node = data.get(section)
+        if isinstance(node, dict) and isinstance(node.get(leaf), str) and node[leaf] == "auto":
+            del node[leaf]
+            if isinstance(planned, list) and key not in planned:
+                planned.append(key)
+    data["auto"] = planned
+    return data
+
+
+def _lookup(data: dict[str, Any], dotted: str):
+    section, leaf = dotted.split(".")
+    node = data.get(section)
+    return node.get(leaf) if isinstance(node, dict) else None
+
+
 class ProjectConfig(_Strict):
     classes: list[ClassSpec] = Field(min_length=2)
+    # The settings the training plan decides (see PLANNABLE); empty once a plan has been applied.
+    auto: list[str] = Field(default_factory=list)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -304,6 +396,14 @@ class ProjectConfig(_Strict):
         # Allow the short form `classes: [ferrite, cementite]`.
         if isinstance(value, list):
             return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("auto")
+    @classmethod
+    def _plannable(cls, value):
+        unknown = [key for key in value if key not in PLANNABLE]
+        if unknown:
+            raise ValueError(f"{unknown} cannot be planned; plannable settings: {list(PLANNABLE)}")
         return value
 
     @model_validator(mode="after")
@@ -344,7 +444,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ProjectConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return ProjectConfig.model_validate(data)
+        return ProjectConfig.model_validate(_collect_auto(data))
     except ValidationError as error:
         raise ConfigError(format_validation_error(source, error)) from None
 
@@ -361,6 +461,8 @@ def apply_overrides(config: ProjectConfig | dict, params: dict[str, Any], source
             if not isinstance(node, dict):
                 raise ConfigError(f"{source}: {key}: {part} is not a section")
         node[leaf] = value.item() if hasattr(value, "item") else value
+        if isinstance(data.get("auto"), list) and value != "auto" and key in data["auto"]:
+            data["auto"] = [k for k in data["auto"] if k != key]  # a value given now is no longer planned
     return parse_config(data, source=source)
 
 

@@ -60,3 +60,36 @@ def test_examples_are_valid():
 
     for path in sorted((REPO / "examples").glob("*.yaml")):
         assert load_config(path).num_classes >= 2, path
+
+
+def test_settings_written_auto_are_left_to_the_plan():
+    config = parse_config(
+        {"classes": ["a", "b"], "tiling": {"tile_size": "auto", "margin": 16}, "training": {"class_weights": "auto"}}
+    )
+    assert config.auto == ["tiling.tile_size", "training.class_weights"]
+    assert config.tiling.margin == 16
+    everything = parse_config({"classes": ["a", "b"], "auto": "all", "training": {"lr": 0.01}})
+    assert "training.lr" not in everything.auto and "tiling.tile_size" in everything.auto  # what the config sets stays
+    with pytest.raises(ConfigError, match=r"auto: .*\['training.seed'\] cannot be planned"):
+        parse_config({"classes": ["a", "b"], "auto": ["training.seed"]})
+
+
+def test_a_value_given_later_is_no_longer_planned():
+    from microal.config import apply_overrides
+
+    config = parse_config({"classes": ["a", "b"], "auto": ["tiling.tile_size", "training.lr"]})
+    config = apply_overrides(config, {"training.lr": 0.05})
+    assert config.auto == ["tiling.tile_size"] and config.training.lr == 0.05
+
+
+@pytest.mark.parametrize("budget, seconds", [("90s", 90), ("20min", 1200), ("1.5h", 5400), (" 3 m ", 180)])
+def test_a_time_budget_is_a_duration(budget, seconds):
+    assert parse_config({"classes": ["a", "b"], "training": {"budget": budget}}).training.budget_seconds == seconds
+
+
+def test_a_budget_in_epochs_is_the_number_of_epochs_and_nonsense_is_refused():
+    for budget in (40, "40", "40 epochs"):
+        training = parse_config({"classes": ["a", "b"], "training": {"budget": budget}}).training
+        assert (training.epochs, training.budget) == (40, None)
+    with pytest.raises(ConfigError, match="training.budget: .*'soon' is not a duration such as 90s, 20min or 1.5h"):
+        parse_config({"classes": ["a", "b"], "training": {"budget": "soon"}})
