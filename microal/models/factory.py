@@ -1,5 +1,6 @@
 """Segmentation models from segmentation-models-pytorch, one input channel, with encoder weights
-from nowhere (``none``), ImageNet (smp's own loader, needs the network) or a local checkpoint file.
+from nowhere (``none``), a pretrained source (ImageNet, MicroNet: see ``weights``) or a local
+checkpoint file. Pretrained RGB encoders meet grey micrographs through ``adapt_first_conv``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import segmentation_models_pytorch as smp
 import torch
 
 from microal.config import ModelConfig
-from microal.errors import ConfigError, InputError, MicroalError
+from microal.errors import ConfigError, InputError
+from microal.models import weights as pretrained
 from microal.models.model_file import read_encoder_state, read_state_dict
 
 
@@ -28,39 +30,55 @@ def build_model(model: ModelConfig, num_classes: int) -> torch.nn.Module:
             f"model.encoder: unknown encoder {model.encoder!r}; "
             "see segmentation_models_pytorch.encoders.get_encoder_names()"
         )
-    weights = model.encoder_weights
-    smp_weights = "imagenet" if weights == "imagenet" else None
     try:
         net = smp.create_model(
             model.arch,
             encoder_name=model.encoder,
-            encoder_weights=smp_weights,
+            encoder_weights=None,  # pretrained weights are loaded below, from microal's cache
             in_channels=1,
             classes=num_classes,
             **model.options,
         )
-    except (OSError, ConnectionError) as error:
-        # huggingface_hub raises OSError subclasses when it can neither download nor find a cached copy.
-        raise MicroalError(
-            f"model.encoder_weights: imagenet: could not download the ImageNet weights of encoder "
-            f"{model.encoder!r} ({type(error).__name__}: no network access?). Use encoder_weights: none, "
-            "or a local checkpoint file of the encoder."
-        ) from None
     except (TypeError, ValueError, KeyError) as error:
         raise ConfigError(f"model: {model.arch}/{model.encoder}: {error}") from None
-    if weights not in ("none", "imagenet"):
-        load_encoder_weights(net, Path(weights))
+    weights = model.encoder_weights
+    if weights in pretrained.PRETRAINED:
+        state, path = pretrained.encoder_state(model.encoder, weights)
+        load_encoder_state(net, state, path)
+    elif weights != "none":
+        load_encoder_state(net, read_encoder_state(Path(weights)), Path(weights))
     return net
 
 
-def load_encoder_weights(net: torch.nn.Module, path: Path) -> None:
-    state = read_encoder_state(path)
+def adapt_first_conv(kernel: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """An RGB first-layer kernel (out, 3, k, k) for `in_channels` grey inputs.
+
+    A grey micrograph fed to an RGB network would be the same image in all three channels, so
+    the one-channel kernel that gives the same response is the sum over R, G and B (what smp
+    does for ImageNet weights). For other channel counts, the mean kernel repeated, scaled so
+    the response to equal channels is kept."""
+    if kernel.shape[1] == in_channels:
+        return kernel
+    summed = kernel.sum(dim=1, keepdim=True)
+    if in_channels == 1:
+        return summed
+    return summed.repeat(1, in_channels, 1, 1) / in_channels
+
+
+# Keys of a classification network that an smp encoder does not have (its head).
+HEAD_PREFIXES = ("fc.", "classifier.", "last_linear.", "_fc.")
+
+
+def load_encoder_state(net: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Encoder weights into `net`; the first convolution adapted to the model's input channels."""
     own = net.encoder.state_dict()
     adapted = {}
     for key, value in state.items():
+        if key.startswith(HEAD_PREFIXES) and key not in own:
+            continue
         target = own.get(key)
-        if target is not None and value.ndim == 4 and target.ndim == 4 and value.shape[1] != target.shape[1] == 1:
-            value = value.sum(dim=1, keepdim=True)  # an RGB first layer onto one channel, as smp does
+        if target is not None and value.ndim == 4 and target.ndim == 4 and value.shape[1] != target.shape[1]:
+            value = adapt_first_conv(value, target.shape[1])
         adapted[key] = value
     missing = sorted(set(own) - set(adapted))
     unexpected = sorted(set(adapted) - set(own))

@@ -1,10 +1,8 @@
-import os
-
 import pytest
 import torch
 
 from microal.config import ModelConfig
-from microal.errors import ConfigError, InputError, MicroalError
+from microal.errors import ConfigError, InputError
 from microal.models.factory import build_model, load_model_weights, parameter_groups
 
 SMALL = {"decoder_channels": [32, 16, 8, 8, 8]}
@@ -64,21 +62,6 @@ def test_a_model_to_start_from_must_fit(tmp_path):
         load_model_weights(build_model(ModelConfig(encoder_weights="none"), 3), tmp_path / "two.pt")
     with pytest.raises(InputError, match="gone.pt: model file to start from does not exist"):
         load_model_weights(fresh, tmp_path / "gone.pt")
-
-
-def test_imagenet_weights_offline_give_a_clear_message(monkeypatch):
-    # No network here: smp's real loader fails, and the message says what to do instead.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    cache = os.path.expanduser("~/.cache/huggingface/hub/models--smp-hub--resnet18.imagenet")
-    if os.path.exists(cache):
-        pytest.skip("ImageNet weights are cached on this machine; the offline failure cannot happen")
-    with pytest.raises(
-        MicroalError, match="could not download the ImageNet weights of encoder 'resnet18'.*encoder_weights: none"
-    ):
-        build_model(ModelConfig(encoder_weights="imagenet"), 2)
 
 
 def test_encoder_learning_rate_is_the_decoder_rate_times_the_factor():
