@@ -296,6 +296,35 @@ def report_epoch(
         session.report(metrics, directory)
 
 
+class WarmupCosine:
+    """The learning-rate factor of each epoch: a linear warm-up over `warmup` of the epochs, then
+    cosine decay to zero at the last (warmup 0: plain cosine annealing). An object, not a
+    closure, so a checkpoint keeps its number of epochs (a time budget decides it)."""
+
+    def __init__(self, epochs: int, warmup: float):
+        self.epochs, self.warmup = epochs, warmup
+
+    def __call__(self, epoch: int) -> float:
+        warm = math.ceil(self.warmup * self.epochs) if self.warmup > 0 else 0
+        if epoch < warm:
+            return (epoch + 1) / (warm + 1)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - warm) / max(1, self.epochs - warm)))
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, epochs: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(epochs, warmup))
+
+
+def set_schedule_epochs(scheduler: torch.optim.lr_scheduler.LambdaLR, epochs: int) -> None:
+    """Stretch a WarmupCosine schedule to `epochs` (known only after a budget's probe), and set the
+    optimizer's rates for the epoch it is at."""
+    schedule = scheduler.lr_lambdas[0]
+    schedule.epochs = epochs
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * schedule(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
 def begin_epoch(epoch: int, loaders: list[DataLoader]) -> None:
     """New random windows and a new shuffle for this epoch (the same on a resumed run): the
     loaders' EpochSamplers hand the epoch to the datasets with every index."""

@@ -3,6 +3,7 @@ job kind. Plain dataclasses and a pydantic config, so Ray can pickle them as the
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from microal.config import ProjectConfig
@@ -60,3 +61,5 @@ class TrainJob:
     progress: tuple[str, ...] = ()  # metrics the epoch line shows besides the losses (the job kind's)
     # The metric (and mode) that picks the best epoch: an epoch that improves it is checkpointed.
     selection: tuple[str, str] = ("val_miou", "max")
+    # time.time() when the job was built: a time budget (training.budget) counts from here.
+    started_at: float = field(default_factory=time.time)

@@ -3,6 +3,7 @@ the training and validation windows, and the epochs (shared machinery in ``loop`
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from microal.data.labels import LabelStore
 from microal.data.tiles import load_tiles
 from microal.data.tiling import IGNORE_INDEX, crop_centre
 from microal.models.factory import build_model, load_model_weights, parameter_groups
+from microal.training.budget import FIRST_GUESS_SLACK, TimeBudget, agree_on, probe_cost
 from microal.training.loop import (
     EpochPlan,
     WorkerSession,
@@ -28,8 +30,10 @@ from microal.training.loop import (
     prepare_network,
     report_epoch,
     restore_state,
+    set_schedule_epochs,
     validate,
     validation_subset,
+    warmup_cosine,
     worker_compute,
 )
 from microal.training.payloads import SupervisedData, TrainJob
@@ -108,6 +112,55 @@ def training_datasets(
     return train_set, val_set
 
 
+def validation_seconds(val_set: TileDataset | None, batch_size: int, session: WorkerSession, compute):
+    """A full validation's cost, from one timed forward pass of a batch of validation windows."""
+
+    @torch.no_grad()
+    def measure(model: torch.nn.Module) -> float:
+        if val_set is None or len(val_set) == 0:
+            return 0.0
+        images = torch.stack([val_set[i][0] for i in range(min(len(val_set), batch_size))])
+        images = compute.to_device(images)
+        seconds = []
+        for _ in range(2):  # the first pass allocates; the second is timed
+            started = time.perf_counter()
+            with compute.autocast():
+                model(images)
+            seconds.append(time.perf_counter() - started)
+        batches = math.ceil(math.ceil(len(val_set) / session.world_size) / batch_size)
+        return seconds[-1] * batches
+
+    return measure
+
+
+def budget_epochs(
+    job: TrainJob, session: WorkerSession, history: list[dict], start_epoch: int, measure
+) -> tuple[int, TimeBudget | None, float]:
+    """The number of epochs: training.epochs, or what fits in training.budget (a resumed run
+    starts from the number its first attempt had), and the first guess of an epoch's seconds."""
+    training = job.config.training
+    if training.budget_seconds is None:
+        return training.epochs, None, 0.0
+    budget = TimeBudget(job.started_at, training.budget_seconds)
+    planned = [row["epochs_planned"] for row in history if "epochs_planned" in row]
+    if planned:
+        epochs = int(planned[-1])
+        return epochs, budget, (budget.deadline - time.time()) / max(1, epochs - start_epoch)
+    cost = measure()
+    epochs = agree_on(
+        budget.epochs_that_fit(cost, training.validate_every, training.checkpoint_every, training.epochs),
+        session.device,
+    )
+    if session.world_rank == 0:
+        print(
+            f"budget {training.budget}: {cost.step_s:.2f} s/step x {cost.steps} steps, validation "
+            f"{cost.validation_s:.1f} s, checkpoint {cost.checkpoint_s:.1f} s -> {epochs} epochs "
+            f"(~{cost.epoch_s(training.validate_every, training.checkpoint_every):.0f} s each)",
+            flush=True,
+        )
+    return epochs, budget, cost.epoch_s(training.validate_every, training.checkpoint_every) * FIRST_GUESS_SLACK
+
+
 def train_worker(job: TrainJob, session: WorkerSession) -> None:
     cfg = job.config
     training = cfg.training
@@ -120,32 +173,57 @@ def train_worker(job: TrainJob, session: WorkerSession) -> None:
         load_model_weights(net, job.init_model)
     net = prepare_network(session, net)
     compute = worker_compute(session, training)
-    optimizer = torch.optim.AdamW(
-        parameter_groups(net, training.lr, training.encoder_lr_factor), weight_decay=training.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=training.epochs)
+
+    def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+        groups = parameter_groups(model, training.lr, training.encoder_lr_factor)
+        return torch.optim.AdamW(groups, weight_decay=training.weight_decay)
+
+    optimizer = make_optimizer(net)
     train_set, val_set = training_datasets(job.data, cfg, tileset, session.world_rank)
     loss_fn = make_loss(cfg, train_set, session.device)
     loader = make_loader(train_set, training.batch_size, session, training, seed=training.seed)
     announce(session, compute, loader)
-
-    stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": compute.scaler}
-    start_epoch, history = restore_state(session, net, stateful)
-    attempt = next_attempt(history)
-    plan = EpochPlan(training, training.epochs, job.selection, history)
     margin = cfg.tiling.margin
 
-    def batch_loss(images, masks):
-        return loss_fn(crop_centre(net(images), margin), crop_centre(masks, margin))
+    def loss_of(model: torch.nn.Module):
+        def batch_loss(images, masks):
+            return loss_fn(crop_centre(model(images), margin), crop_centre(masks, margin))
 
-    for epoch in range(start_epoch, training.epochs):
+        return batch_loss
+
+    scheduler = warmup_cosine(optimizer, training.epochs, training.warmup)
+    stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": compute.scaler}
+    start_epoch, history = restore_state(session, net, stateful)
+    measure_validation = validation_seconds(val_set, training.batch_size, session, compute)
+    epochs, budget, first_guess = budget_epochs(
+        job,
+        session,
+        history,
+        start_epoch,
+        lambda: probe_cost(net, loader, make_optimizer, loss_of, compute, measure_validation),
+    )
+    set_schedule_epochs(scheduler, epochs)
+    attempt = next_attempt(history)
+    plan = EpochPlan(training, epochs, job.selection, history)
+    batch_loss = loss_of(net)
+    epoch_starts: list[float] = []
+
+    epoch = start_epoch
+    while epoch < epochs:  # (a time budget may change `epochs` as it goes)
         started = time.time()
+        epoch_starts.append(started)
         begin_epoch(epoch, [loader])
         metrics: dict[str, float] = {
             "epoch": epoch + 1,
             "train_loss": fit_epoch(net, loader, optimizer, batch_loss, compute),
         }
         scheduler.step()
+        if budget is not None:
+            # Re-measured every epoch: the schedule ends with the last epoch that fits.
+            fit = agree_on(budget.epochs_from(epoch, epoch_starts, first_guess, training.epochs), session.device)
+            if fit != epochs:
+                plan.epochs = epochs = fit
+                set_schedule_epochs(scheduler, epochs)
         validation_started, metrics["val_seconds"] = time.time(), 0.0
         if val_set is not None and plan.validates(epoch + 1):
             net.eval()
@@ -153,8 +231,22 @@ def train_worker(job: TrainJob, session: WorkerSession) -> None:
             metrics["val_seconds"] = time.time() - validation_started
         else:
             metrics["val_miou"] = float("nan")
-        metrics.update(epoch_seconds=time.time() - started, lr=optimizer.param_groups[1]["lr"], attempt=attempt)
+        metrics.update(
+            epoch_seconds=time.time() - started,
+            lr=optimizer.param_groups[1]["lr"],
+            attempt=attempt,
+            epochs_planned=epochs,
+        )
         history.append(metrics)
         report_epoch(
-            session, job, metrics, history, net, stateful, tileset.domain_stats(), checkpoint=plan.checkpoints(metrics)
+            session,
+            job,
+            metrics,
+            history,
+            net,
+            stateful,
+            tileset.domain_stats(),
+            epochs=epochs,
+            checkpoint=plan.checkpoints(metrics),
         )
+        epoch += 1
