@@ -28,9 +28,12 @@ def cmd_ingest(args) -> None:
 def cmd_tile(args) -> None:
     from microal.data.catalog import read_catalog
     from microal.data.tiles import build_tiles
+    from microal.planning.plan import resolve
 
     ws = workspace(args)
-    tileset = build_tiles(read_catalog(ws.catalog), project_config(args), ws.tiles)
+    catalog = read_catalog(ws.catalog)
+    config = resolve(project_config(args), catalog, ws.root)  # settings left to `auto` are planned
+    tileset = build_tiles(catalog, config, ws.tiles)
     print(
         f"tile set: {ws.tiles} ({len(tileset.images)} images, {len(tileset.tiles)} tiles of "
         f"{tileset.tiling.tile_size}+2x{tileset.tiling.margin} px)"

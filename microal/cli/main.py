@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from microal.cli import active, data, inference, labelstudio, training
+from microal.cli import active, data, inference, labelstudio, planning, training, weights
 from microal.cli.common import add_workdir
 from microal.errors import MicroalError
 
@@ -28,11 +28,16 @@ def add_demo(p) -> None:
 
 
 # Commands that work inside a work folder get --workdir (the al and labelstudio steps add their own).
-IN_WORKDIR = {"ingest", "tile", "train", "adapt", "pretrain", "tune", "predict", "evaluate", "compare"}
+IN_WORKDIR = {"ingest", "plan", "tile", "train", "adapt", "pretrain", "tune", "predict", "evaluate", "compare"}
 
 COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "synth": ("generate a synthetic two-domain micrograph set with exact masks", data.add_synth, data.cmd_synth),
     "ingest": ("register micrographs, masks and metadata in the catalog", data.add_ingest, data.cmd_ingest),
+    "plan": (
+        "derive the training plan (scale, tiles, batch, loss, schedule) from the data's fingerprint",
+        planning.add_plan,
+        planning.cmd_plan,
+    ),
     "tile": ("resample to one physical scale and cut overlapping tiles", data.add_tile, data.cmd_tile),
     "train": ("supervised training as a Ray Train job", training.add_train, training.cmd_train),
     "adapt": (
@@ -67,6 +72,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
         inference.add_compare,
         inference.cmd_compare,
     ),
+    "weights": ("pretrained encoder weights (ImageNet, MicroNet): download, import, list", weights.add_weights, None),
     "demo": ("synth -> ingest -> tile -> train -> predict -> evaluate on generated data", add_demo, cmd_demo),
 }
 

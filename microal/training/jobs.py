@@ -314,6 +314,8 @@ def tiles_job(
     init_model: str | Path | None = None,
 ) -> TrainJob:
     """A supervised job on named tiles (active learning: an ensemble member, a round's model)."""
+    if config.auto or config.training.budget is not None:
+        raise ConfigError("training.budget / auto settings: active learning needs fixed settings (plan them first)")
     data = SupervisedData(train_images=images, val_images=[], tiles=tiles)
     return TrainJob(
         config, str(Path(tiles_root).resolve()), data, _resolved(init_model), JOB_KINDS["supervised"].progress
@@ -377,6 +379,25 @@ def run_job(
     return TrainSummary(run_dir, run_dir / f"best_{first}", outcome.best_metrics, history)
 
 
+def planned_config(config: ProjectConfig, tiles_root: Path, run_dir: Path) -> ProjectConfig:
+    """The config with its `auto` settings planned from the tile set's images; the tiling the plan
+    chooses must be the one the tile set was cut with (`microal tile` plans the same)."""
+    if not config.auto:
+        return config
+    from microal.planning.plan import resolve
+
+    tileset = load_tiles(tiles_root)
+    resolved = resolve(config, tileset.images, run_dir, progress=False)
+    for key in ("target_um_per_px", "tile_size", "margin"):
+        planned, cut = getattr(resolved.tiling, key), getattr(tileset.tiling, key)
+        if planned != cut:
+            raise ConfigError(
+                f"tiling.{key}: the plan chooses {planned} but the tile set {tiles_root} was cut with {cut}; "
+                "run `microal tile` with this config again"
+            )
+    return resolved
+
+
 def run(
     kind: str,
     config: ProjectConfig,
@@ -388,8 +409,15 @@ def run(
     address: str | None = None,
     init_model: str | None = None,
 ) -> TrainSummary:
-    """Build and run a job of `kind`; a run name that exists needs `resume` (and vice versa)."""
+    """Build and run a job of `kind`; a run name that exists needs `resume` (and vice versa).
+    Settings left to `auto` are planned first (supervised training), and the plan is written
+    into the run folder."""
     check_run_name(storage_path, name, resume)
+    if kind != "supervised" and (config.auto or config.training.budget is not None):
+        raise ConfigError(
+            f"training.budget / auto settings are planned for microal train; give {job_kind(kind).label} fixed settings"
+        )
+    config = planned_config(config, tiles_root, run_dir)
     built = build_job(kind, config, tiles_root, init_model)
     summary = run_job(built, config, run_dir, storage_path, name, address)
     if built.kind.finish is not None:

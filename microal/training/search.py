@@ -119,6 +119,12 @@ def tune(
             f"training.validate_every: a search on {space.metric} needs validation after every epoch "
             f"(it is {config.training.validate_every}); use training.val_windows to make validation cheap"
         )
+    if config.training.budget is not None or config.auto:
+        # Trials compare epoch by epoch over the same number of epochs; a plan per trial would differ.
+        raise ConfigError(
+            "training.budget / auto settings: a search runs fixed settings per trial; plan first "
+            "(microal plan) and search with the planned config (the `config:` of plan.yaml), without a budget"
+        )
     built = build_job(space.job, config, tiles_root)
     max_epochs = built.kind.epochs(config)
     ray_backend.init_ray(address)
