@@ -1,0 +1,114 @@
+"""The self-configuring plan against the hand-written configs, at the same time budget.
+
+For UHCS (../shared/datasets/uhcs; the test4A hold-out and the images of its samples kept out)
+and NASA Super domain A (../shared/datasets/nasa-super; Super1 test held out), two fits each:
+
+- plan: the example config's class table, ingest and split only, `auto: all` and
+  `training.budget` (no tiling, model or training setting written by hand);
+- hand: the example config as written (examples/uhcs.yaml, examples/nasa-super.yaml) with the
+  same `training.budget` deciding its epochs.
+
+Each fit is trained (Ray Train, CPU), its best model predicts the held-out images at full size,
+and they are scored. Last line:
+
+    plan uhcs_miou=<x> uhcs_hand=<y> nasa_miou=<x> nasa_hand=<y> minutes=<m> budget=<b>
+
+Usage: python benchmarks/plan_crossdata.py [--budget 6min] [--only uhcs|nasa]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from common import REPO, SHARED, UHCS_TEST, fresh, parser, require_data
+
+# What a new lab writes for its own data set: the class table, how to read its files, the split.
+KEPT_SECTIONS = ("classes", "ingest", "split", "preprocess")
+DATASETS = {
+    "uhcs": ("uhcs.yaml", "uhcs"),
+    "nasa": ("nasa-super.yaml", "nasa-super"),
+}
+
+
+def configs(example: str, budget: str):
+    import yaml
+
+    from microal.config import apply_overrides, load_config, parse_config
+
+    raw = yaml.safe_load((REPO / "examples" / example).read_text())
+    plan = {k: v for k, v in raw.items() if k in KEPT_SECTIONS}
+    plan.update(auto="all", training={"budget": budget})
+    hand = apply_overrides(
+        load_config(REPO / "examples" / example), {"training.budget": budget, "training.epochs": 10_000}
+    )
+    return parse_config(plan, source=f"plan config from {example}"), hand
+
+
+def held_out(name: str, catalog):
+    if name == "uhcs":
+        return catalog[catalog.image_name.isin(UHCS_TEST)]
+    return catalog[(catalog.split == "test") & (catalog.domain.astype(str) == "A")]
+
+
+def fit_and_score(name: str, label: str, config, manifest, out) -> float:
+    import pandas as pd
+
+    from microal.data.catalog import ingest
+    from microal.data.tiles import build_tiles
+    from microal.inference.evaluate import evaluate_predictions
+    from microal.inference.predict import predict_catalog
+    from microal.planning.plan import resolve
+    from microal.training.jobs import train
+    from microal.workspace import Workspace
+
+    ws = Workspace.at(fresh(out / f"{name}-{label}"))
+    catalog, _ = ingest(manifest, config, ws.catalog, progress=False)
+    tiled = resolve(config, catalog, ws.root, progress=False, echo=False)  # what `microal tile` does
+    build_tiles(catalog, tiled, ws.tiles, progress=False)
+    started = time.time()
+    summary = train(config, ws.tiles, ws.run(label), str(ws.ray_storage), label)
+    fit_minutes = (time.time() - started) / 60
+    test = held_out(name, catalog)
+    assert len(test), f"{name}: no held-out image"
+    roles = pd.read_csv(summary.run_dir / "splits.csv").set_index("image_id")["split"]
+    assert not roles.loc[test.image_id].isin(["train", "val"]).any(), f"{name}: a test image was trained on"
+    predict_catalog(summary.best_model, test, ws.predictions(label), progress=False)
+    result = evaluate_predictions(ws.predictions(label), catalog, config, ws.evaluation(label), progress=False)
+    per = result.per_image
+    scored = result.per_domain.iloc[0]  # the held-out images are of one domain
+    miou = float(scored.miou)
+    ious = {c: float(scored[f"iou_{c}"]) for c in config.class_names}
+    epochs = int(summary.history.epoch.max())
+    print(
+        f"{name} {label}: test mIoU {miou:.3f} over {len(per)} images; per class "
+        + ", ".join(f"{c} {v:.3f}" for c, v in ious.items())
+        + f"; {epochs} epochs in {fit_minutes:.1f} min",
+        flush=True,
+    )
+    return miou
+
+
+def main() -> int:
+    p = parser(__doc__, "plan_crossdata")
+    p.add_argument("--budget", default="6min", help="training.budget of every fit (default 6min)")
+    p.add_argument("--only", choices=sorted(DATASETS), help="one data set only")
+    args = p.parse_args()
+    out = fresh(args.out)
+    started = time.time()
+    results = {}
+    for name, (example, folder) in DATASETS.items():
+        if args.only and name != args.only:
+            continue
+        data = require_data(SHARED / folder)
+        plan_config, hand_config = configs(example, args.budget)
+        results[f"{name}_miou"] = fit_and_score(name, "plan", plan_config, data / "manifest.csv", out)
+        results[f"{name}_hand"] = fit_and_score(name, "hand", hand_config, data / "manifest.csv", out)
+    minutes = (time.time() - started) / 60
+    figures = " ".join(f"{k}={v:.3f}" for k, v in results.items())
+    print(f"plan {figures} minutes={minutes:.1f} budget={args.budget}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
