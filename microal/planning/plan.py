@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from microal.config import ENCODER_STRIDE, PLANNABLE, ProjectConfig, apply_overrides, config_to_dict
+from microal.config import ENCODER_STRIDE, ProjectConfig, apply_overrides, config_to_dict
 from microal.errors import ConfigError
 from microal.files import write_text_atomic
 from microal.planning.fingerprint import Fingerprint
@@ -256,6 +256,3 @@ def resolve(
         if echo:
             print(f"plan written to {path}", flush=True)
     return resolved
-
-
-__all__ = ["PLANNABLE", "Choice", "Plan", "apply_plan", "make_plan", "resolve", "write_plan"]
