@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import ray
 import torch
-from conftest import checkpoint_dirs, quick_config_dict
+from conftest import REPO, checkpoint_dirs, quick_config_dict
 from ray.util.state import list_actors
 
 from microal.config import ProjectConfig, parse_config
@@ -139,3 +139,23 @@ def test_an_unknown_job_kind_names_the_valid_ones(tiled, synth_dir):
     ws, _, _ = tiled
     with pytest.raises(ConfigError, match=r"unknown job kind 'segment'; valid: \['pretrain', 'supervised', 'uda'\]"):
         build_job("segment", parse_config(quick_config_dict(synth_dir)), ws.tiles)
+
+
+def test_budgets_and_plans_are_for_supervised_training_only(tiled, tmp_path):
+    from microal.config import apply_overrides
+    from microal.training.jobs import run, tiles_job
+    from microal.training.payloads import LabelledTiles
+    from microal.training.search import tune
+    from microal.training.search_space import load_space
+
+    ws, _, config = tiled
+    for settings in ({"training.budget": "5min"}, {"auto": ["training.batch_size"]}):
+        fixed_only = apply_overrides(config, settings)
+        with pytest.raises(ConfigError, match="are planned for microal train; give adaptation fixed settings"):
+            run("uda", fixed_only, ws.tiles, tmp_path / "run", str(tmp_path / "ray"), "uda")
+        with pytest.raises(ConfigError, match="active learning needs fixed settings"):
+            tiles_job(fixed_only, ws.tiles, LabelledTiles(train_tiles=["t"]), images=[])
+        space = load_space(REPO / "tune_spaces" / "supervised.yaml")
+        with pytest.raises(ConfigError, match="a search runs fixed settings per trial"):
+            tune(fixed_only, space, ws.tiles, tmp_path / "tune", str(tmp_path / "ray"), "search", trials=2)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "tune").exists()  # refused before writing
