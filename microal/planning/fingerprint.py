@@ -112,11 +112,12 @@ def fingerprint(
     largest = np.zeros(n_classes)
     intensities: dict[str, list[np.ndarray]] = {}
     read = pd.concat([train, val, unlabelled])
+    train_ids = set(train.image_id)  # masks are read for these only
     for _, row in tqdm(read.iterrows(), total=len(read), desc="fingerprint", unit="image", disable=not progress):
         image = read_image(row.image_path, config.ingest)
         step = max(1, int(math.sqrt(image.size / 65536)))  # intensities from at most ~65k pixels
         intensities.setdefault(str(row.domain), []).append(image[::step, ::step].ravel())
-        if row.image_id not in set(train.image_id):
+        if row.image_id not in train_ids:
             continue
         mask = read_mask(row.mask_path, config.classes, config.ingest)
         labelled = mask[mask < n_classes]
