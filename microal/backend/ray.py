@@ -1,13 +1,21 @@
 """Ray, and only Ray: the one module that imports ``ray``. It executes what it is given and knows
 nothing of configs, models or scores.
 
-- ``fit(loop, job, spec)``: a training loop on Ray Train workers (a ``TorchTrainer``), surviving a
-  lost Train controller; the best and last checkpoints' files are exported into a folder.
+- ``fit(loop, job, spec)``: a training loop run once, its best and last checkpoints' files
+  exported into a folder. A one-worker run goes to a pooled worker (below); a multi-worker run
+  (DDP) is a Ray Train ``TorchTrainer``, surviving a lost Train controller.
 - ``run_search(make_trial, distributions, ...)``: Ray Tune with Optuna and ASHA, each trial a Train
   run made by ``make_trial`` (the same trainer builder as ``fit``).
-- ``fit_many``: several Train runs at once (ensemble members).
-- ``map_batches``: an operation over batches in long-lived actors, each holding a worker object
+- ``fit_many``: several runs at once (ensemble members).
+- ``map_batches``: an operation over batches in pooled workers, each holding a worker object
   that a picklable factory builds once (an ensemble scoring tiles).
+
+Pooled workers are long-lived actors that stay up between the fits and scorings of a session
+(an active-learning round and the rounds after it), so a fit does not pay Ray Train's start-up
+(a controller, a placement group, fresh worker processes importing torch: 12-15 s on 2 cores).
+A pooled run keeps its checkpoints in the same storage a Train run would
+(backend/run_store.py), and a worker lost mid-run (its process or its node) is replaced and the
+run resumes from its latest checkpoint, up to `max_failures` times.
 
 Local use: ``ray.init()`` starts an embedded cluster; with an address (``auto`` or
 ``ray://host:10001``) the same code runs on a cluster started with ``ray up``.
@@ -19,6 +27,8 @@ import logging
 import os
 import re
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,6 +43,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from microal.backend.run_store import RunStore, StoredRunSession
 from microal.errors import MicroalError
 
 ENVIRONMENT_DEFAULTS = {
@@ -67,6 +78,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def shutdown_ray() -> None:
+    _POOL.forget()
     if ray.is_initialized():
         ray.shutdown()
 
@@ -136,6 +148,13 @@ class RunSpec:
 class FitOutcome:
     best_metrics: dict
     last_metrics: dict
+    seconds: float = float("nan")  # the fit's wall time on the driver
+    loop_seconds: float = float("nan")  # time inside the training loop (its last attempt)
+
+    @property
+    def ray_seconds(self) -> float:
+        """What Ray itself cost this fit: wall time outside the loop."""
+        return self.seconds - self.loop_seconds
 
 
 def _build_trainer(loop: Callable, job: Any, spec: RunSpec, callbacks: tuple = ()) -> TorchTrainer:
@@ -167,8 +186,20 @@ def _copy_files(checkpoint: ray.train.Checkpoint, names: tuple[str, ...], dest: 
 
 
 def fit(loop: Callable, job: Any, spec: RunSpec) -> FitOutcome:
-    """Run `loop(job, session)` on Ray Train workers; copy spec.export_files of the best and the
-    last checkpoint into spec.export_dir as best_<file> and last_<file>."""
+    """Run `loop(job, session)` once; copy spec.export_files of the best and the last checkpoint
+    into spec.export_dir as best_<file> and last_<file>. One worker: a pooled worker; several:
+    Ray Train workers (DDP)."""
+    started = time.perf_counter()
+    if spec.num_workers == 1:
+        outcome = _fit_pooled(loop, job, spec)
+    else:
+        outcome = _fit_ray_train(loop, job, spec)
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _fit_ray_train(loop: Callable, job: Any, spec: RunSpec) -> FitOutcome:
+    _POOL.release_idle()  # Ray Train places its own workers: give it the CPUs idle pooled workers hold
     trainer = _build_trainer(loop, job, spec)
     result = _fit_surviving_controller_loss(trainer, spec.name)
     if result.checkpoint is None:
@@ -179,6 +210,51 @@ def fit(loop: Callable, job: Any, spec: RunSpec) -> FitOutcome:
         _copy_files(best_checkpoint, spec.export_files, spec.export_dir, "best")
         _copy_files(result.checkpoint, spec.export_files, spec.export_dir, "last")
     return FitOutcome(best_metrics, dict(result.metrics or {}))
+
+
+def _fit_pooled(loop: Callable, job: Any, spec: RunSpec) -> FitOutcome:
+    """The run on one pooled worker; a lost worker is replaced and the run resumes from its
+    latest checkpoint (spec.max_failures times). An error the loop raises is not retried: it
+    would happen again."""
+    shape = _Shape(spec.cpus_per_worker, 1 if spec.use_gpu else 0)
+    failures = 0
+    while True:
+        worker = _POOL.acquire(shape)
+        try:
+            result = ray.get(worker.fit.remote(loop, job, spec))
+        except ray.exceptions.RayActorError as error:  # its process or its node was lost
+            _POOL.discard(worker)
+            failures += 1
+            cause = str(error).splitlines()[0]
+            if failures > spec.max_failures:
+                raise MicroalError(
+                    f"training {spec.name!r}: its worker was lost ({cause}); "
+                    f"training.max_failures = {spec.max_failures} restarts used up"
+                ) from None
+            print(
+                f"training {spec.name!r}: its worker was lost ({cause}); resuming from the run's last "
+                f"checkpoint on a new worker ({failures} of {spec.max_failures})",
+                flush=True,
+            )
+            continue
+        except ray.exceptions.RayTaskError as error:
+            _POOL.release(worker, shape)
+            cause = error.cause if error.cause is not None else error
+            raise MicroalError(f"training {spec.name!r} failed: {cause}") from None
+        except BaseException:  # e.g. Ctrl-C: the loop must not go on training in the background
+            _POOL.discard(worker)
+            raise
+        _POOL.release(worker, shape)
+        break
+    store = RunStore(spec.storage_path, spec.name, spec.score, spec.keep_checkpoints)
+    best, last = store.best(), store.latest()
+    if last is None:
+        raise MicroalError("training finished without a checkpoint (no epoch completed)")
+    if spec.export_dir is not None:
+        spec.export_dir.mkdir(parents=True, exist_ok=True)
+        store.export(best, spec.export_files, spec.export_dir, "best")
+        store.export(last, spec.export_files, spec.export_dir, "last")
+    return FitOutcome(dict(best.metrics), result["last_metrics"], loop_seconds=result["loop_seconds"])
 
 
 # Ray Train's controller is itself an actor; when its process dies (a crash inside Ray, the
@@ -282,6 +358,7 @@ def run_search(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    _POOL.release_idle()  # each trial is a Ray Train run placing its own workers
     trainable = tune.with_resources(tune.with_parameters(_trial, make_trial=make_trial), {"cpu": TRIAL_CPU})
     experiment = f"{str(storage_path).rstrip('/')}/{name}"
     if resume:
@@ -330,18 +407,106 @@ def run_search(
     ]
 
 
-# ---- an operation over batches in long-lived actors --------------------------------------------
+# ---- pooled workers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a pooled worker holds: its CPUs (its torch threads) and GPUs."""
+
+    cpus: float
+    gpus: int
+
+    def fits(self, available: dict) -> bool:
+        return available.get("CPU", 0) >= self.cpus and available.get("GPU", 0) >= self.gpus
 
 
 @ray.remote
-class _BatchWorker:
-    """Holds one worker object (built once by a picklable factory) and applies operations to it."""
+class PooledWorker:
+    """A long-lived worker process: runs one-worker training loops and batch operations, so
+    neither pays a process start (and torch's import) each time."""
 
-    def __init__(self, make_worker: Callable[[], Any]):
-        self.worker = make_worker()
+    def __init__(self):
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
+        self._built: tuple[Any, Any] | None = None  # (factory, the worker it built)
 
-    def call(self, operation: Callable, batch: list):
-        return operation(self.worker, batch)
+    def pid(self) -> int:
+        return os.getpid()
+
+    def fit(self, loop: Callable, job: Any, spec: RunSpec) -> dict:
+        store = RunStore(spec.storage_path, spec.name, spec.score, spec.keep_checkpoints)
+        device = torch.device("cuda" if spec.use_gpu else "cpu")
+        session = StoredRunSession(store, spec.cpus_per_worker, device)
+        started = time.perf_counter()
+        loop(job, session)
+        return {"loop_seconds": time.perf_counter() - started, "last_metrics": session.last_metrics}
+
+    def call(self, make_worker: Callable[[], Any], operation: Callable, batch: list):
+        # The worker object a factory builds (an ensemble's members) is kept for the next batch
+        # and the next call with an equal factory; another factory replaces it.
+        if self._built is None or self._built[0] != make_worker:
+            self._built = None  # free the old worker before building the new one
+            self._built = (make_worker, make_worker())
+        return operation(self._built[1], batch)
+
+
+class _WorkerPool:
+    """Idle pooled workers by shape, reused by the next fit or map_batches of the session. Idle
+    workers of another shape are stopped when the cluster has no room for a new one."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.idle: dict[_Shape, list] = {}
+
+    def acquire(self, shape: _Shape):
+        with self.lock:
+            if self.idle.get(shape):
+                return self.idle[shape].pop()
+            if not shape.fits(ray.available_resources()):
+                for other in [s for s in self.idle if s != shape]:
+                    for handle in self.idle.pop(other):
+                        ray.kill(handle)
+        # Waits for room where the cluster has none now (busy workers finish, or nodes join).
+        return PooledWorker.options(num_cpus=shape.cpus, num_gpus=shape.gpus).remote()
+
+    def release(self, handle, shape: _Shape) -> None:
+        with self.lock:
+            self.idle.setdefault(shape, []).append(handle)
+
+    def discard(self, handle) -> None:
+        try:
+            ray.kill(handle)
+        except Exception:  # already gone with its node
+            pass
+
+    def release_idle(self) -> None:
+        with self.lock:
+            for handles in self.idle.values():
+                for handle in handles:
+                    ray.kill(handle)
+            self.idle.clear()
+
+    def forget(self) -> None:
+        """Before Ray shuts down: the handles die with the cluster."""
+        with self.lock:
+            self.idle.clear()
+
+    def idle_count(self) -> int:
+        with self.lock:
+            return sum(len(h) for h in self.idle.values())
+
+
+_POOL = _WorkerPool()
+
+
+def idle_workers() -> int:
+    """Pooled workers waiting for the next fit or batch operation."""
+    return _POOL.idle_count()
+
+
+def release_workers() -> None:
+    """Stop the idle pooled workers (their CPUs and memory go back to the cluster)."""
+    _POOL.release_idle()
 
 
 def map_batches(
@@ -353,9 +518,10 @@ def map_batches(
     threads_per_actor: int = 1,
     use_gpu: bool = False,
 ) -> list:
-    """`operation(worker, batch)` over batches of `items` in long-lived actors (an ActorPool),
-    results in order. Each actor builds its worker once with `make_worker()`; only the batches
-    travel. Default actors: one per GPU, or per `threads_per_actor` CPUs."""
+    """`operation(worker, batch)` over batches of `items` in pooled workers (an ActorPool),
+    results in order. Each worker builds its worker object once with `make_worker()` (and keeps
+    it for later calls with an equal factory); only the batches travel. Default actors: one per
+    GPU, or per `threads_per_actor` CPUs."""
     from ray.util import ActorPool
 
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
@@ -364,11 +530,15 @@ def map_batches(
     if actors is None:
         actors = cluster_gpus() if use_gpu else cluster_cpus() // threads_per_actor
     actors = max(1, min(actors, len(batches)))
-    options = {"num_gpus": 1, "num_cpus": threads_per_actor} if use_gpu else {"num_cpus": threads_per_actor}
-    handles = [_BatchWorker.options(**options).remote(make_worker) for _ in range(actors)]
-    pool = ActorPool(handles)
+    shape = _Shape(threads_per_actor, 1 if use_gpu else 0)
+    handles = [_POOL.acquire(shape) for _ in range(actors)]
+    factory = ray.put(make_worker)
     try:
-        return list(pool.map(lambda actor, batch: actor.call.remote(operation, batch), batches))
-    finally:
+        results = list(ActorPool(handles).map(lambda a, batch: a.call.remote(factory, operation, batch), batches))
+    except BaseException:
         for handle in handles:
-            ray.kill(handle)
+            _POOL.discard(handle)
+        raise
+    for handle in handles:
+        _POOL.release(handle, shape)
+    return results

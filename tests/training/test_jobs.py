@@ -79,11 +79,12 @@ def _alive_controllers() -> set[int]:
     return {a.pid for a in list_actors(address=ray.get_runtime_context().gcs_address, filters=filters)}
 
 
-def test_a_run_survives_its_controller_dying(ray_local, tiled, synth_dir, capfd):
+def test_a_ddp_run_survives_its_controller_dying(ray_local, tiled, synth_dir, capfd):
     """Ray Train's controller process killed mid-run (as a crash inside Ray does): the run goes
-    on from its last checkpoint instead of failing."""
+    on from its last checkpoint instead of failing. (Multi-worker runs go through Ray Train; a
+    one-worker run's lost worker: tests/backend/test_ray.py and test_fault_tolerance.py.)"""
     ws, _, _ = tiled
-    config = _config(synth_dir, epochs=6, samples_per_epoch=32)
+    config = _config(synth_dir, epochs=6, samples_per_epoch=32, num_workers=2)
     before = _alive_controllers()
     outcome = {}
     thread = threading.Thread(
