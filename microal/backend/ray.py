@@ -314,12 +314,41 @@ class TrialRecord:
     error: str | None
 
 
+class _TrialSession(StoredRunSession):
+    """A one-worker trial trains in the trial's own process: checkpoints into the run's store
+    (where a Train run's would be), metrics to Tune."""
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        super().report(metrics, checkpoint_dir)
+        ray.tune.report(dict(metrics))
+
+
+def trial_resources(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> dict:
+    """What a trial holds: a one-worker trial trains itself (the worker's CPUs and GPU); a
+    multi-worker trial only starts a Train run whose workers hold the resources."""
+    if num_workers == 1:
+        return {"cpu": cpus_per_worker, "gpu": 1 if use_gpu else 0}
+    return {"cpu": TRIAL_CPU}
+
+
 def _trial(params: dict, make_trial: Callable) -> None:
-    """One trial: the Train run `make_trial` builds for the sampled settings, reporting to Tune."""
+    """One trial: the run `make_trial` builds for the sampled settings, reporting to Tune. One
+    worker trains here, without a Train run inside the trial (its start-up cost more than a
+    short trial's epochs); several are a Train run."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
     loop, job, spec = make_trial(params, trial_id)
+    if spec.num_workers == 1:
+        store = RunStore(spec.storage_path, spec.name, spec.score, spec.keep_checkpoints)
+        session = _TrialSession(store, spec.cpus_per_worker, torch.device("cuda" if spec.use_gpu else "cpu"))
+        loop(job, session)
+        latest = store.latest()
+        if not session.last_metrics and latest is not None:
+            # Restored after its last epoch (stopped before Tune recorded the end): nothing was
+            # left to train, and Tune still needs the trial's final result.
+            ray.tune.report(dict(latest.metrics))
+        return
     _build_trainer(loop, job, spec, callbacks=(TuneReportCallback(),)).fit()
 
 
@@ -349,17 +378,21 @@ def run_search(
     seed: int = 0,
     resume: bool = False,
     reduction_factor: int = 3,
+    resources: dict | None = None,
 ) -> list[TrialRecord]:
     """Optuna (TPE or random) samples `distributions` (optuna distributions by parameter name),
-    ASHA stops poor trials early; `make_trial(params, trial_id)` gives each trial's Train run.
-    Name the runs it makes after the trial id, so a restored or retried trial finds its checkpoints."""
+    ASHA stops poor trials early; `make_trial(params, trial_id)` gives each trial's run, and
+    `resources` what a trial holds (trial_resources). Name the runs it makes after the trial id,
+    so a restored or retried trial finds its checkpoints."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     _POOL.release_idle()  # each trial is a Ray Train run placing its own workers
-    trainable = tune.with_resources(tune.with_parameters(_trial, make_trial=make_trial), {"cpu": TRIAL_CPU})
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, make_trial=make_trial), resources or {"cpu": TRIAL_CPU}
+    )
     experiment = f"{str(storage_path).rstrip('/')}/{name}"
     if resume:
         if not tune.Tuner.can_restore(experiment):
@@ -376,7 +409,9 @@ def run_search(
         algorithm = OptunaSearch(space=distributions, metric=metric, mode=mode, sampler=sampler)
         trial_scheduler = (
             ASHAScheduler(
-                time_attr="training_iteration",
+                # The loops' epoch: a restored trial resumes its epochs where Tune's own iteration
+                # count would restart from 1.
+                time_attr="epoch",
                 metric=metric,
                 mode=mode,
                 max_t=max_epochs,

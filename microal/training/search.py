@@ -1,4 +1,4 @@
-"""`microal tune`: a hyperparameter search over a space file, each trial a Ray Train job.
+"""`microal tune`: a hyperparameter search over a space file, each trial a training run (Ray Tune).
 
 Writes into <workdir>/tune/<name>/: results.csv (one row per trial: settings, best metric,
 epochs run, status), best_config.yaml (a whole project config `microal train` accepts as it
@@ -51,7 +51,9 @@ def trial_cpus(config: ProjectConfig, concurrency: int) -> float:
     """CPUs per Train worker when `concurrency` trials share the cluster."""
     num_workers = config.training.num_workers
     total = ray_backend.cluster_cpus()
-    cpus = (total - ray_backend.TRIAL_CPU * concurrency) / (concurrency * num_workers)
+    # A multi-worker trial's own process only starts the Train run: it holds a sliver of a CPU.
+    starter = ray_backend.TRIAL_CPU * concurrency if num_workers > 1 else 0
+    cpus = (total - starter) / (concurrency * num_workers)
     if cpus < 0.5:
         raise MicroalError(f"--concurrency {concurrency} x {num_workers} worker(s) does not fit {total} CPUs; lower it")
     return config.training.cpus_per_worker or int(cpus * 100) / 100
@@ -134,9 +136,8 @@ def tune(
         f"{search.upper()} + {scheduler.upper()} on {space.metric} ({space.mode}), {concurrency} at a time",
         flush=True,
     )
-    make_trial = TrialRuns(
-        built.kind.loop, built.job, name, str(storage_path), trial_cpus(config, concurrency), (space.metric, space.mode)
-    )
+    cpus = trial_cpus(config, concurrency)
+    make_trial = TrialRuns(built.kind.loop, built.job, name, str(storage_path), cpus, (space.metric, space.mode))
     records = ray_backend.run_search(
         make_trial,
         to_optuna(space),
@@ -153,6 +154,7 @@ def tune(
         seed=seed,
         resume=resume,
         reduction_factor=reduction_factor,
+        resources=ray_backend.trial_resources(config.training.num_workers, cpus, config.training.use_gpu),
     )
     table = results_table(records, space, max_epochs)
     with atomic_path(out_dir / RESULTS_FILE) as tmp:
