@@ -144,20 +144,26 @@ def search_curves(histories: dict[str, pd.DataFrame | None], metric: str, path: 
     _save(fig, path)
 
 
-def learning_curves_al(curve: pd.DataFrame, path: Path, full_pool_miou: float | None = None) -> None:
-    """Held-out mIoU against labelled tiles: mean over seeds with min-max spread, per strategy."""
+def learning_curves_al(
+    curve: pd.DataFrame, path: Path, full_pool_miou: float | None = None, x: str = "labelled_tiles"
+) -> None:
+    """Held-out mIoU per round against labelled tiles (or `x="expert_seconds"`, drawn in
+    minutes): mean over seeds with min-max spread, per strategy."""
     fig, ax = plt.subplots(figsize=(8, 5))
+    scale = 60 if x == "expert_seconds" else 1
     for strategy, part in sorted(curve.groupby("strategy"), key=lambda kv: kv[0] != "random"):
-        stats = part.groupby("labelled_tiles").miou.agg(["mean", "min", "max"]).reset_index()
+        stats = part.groupby("round").agg(
+            x=(x, "mean"), mean=("miou", "mean"), low=("miou", "min"), high=("miou", "max")
+        )
         style = {"color": "0.4", "ls": "--"} if strategy == "random" else {"ls": "-"}
-        (line,) = ax.plot(stats.labelled_tiles, stats["mean"], marker="o", ms=4, label=strategy, **style)
-        ax.fill_between(stats.labelled_tiles, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+        (line,) = ax.plot(stats.x / scale, stats["mean"], marker="o", ms=4, label=strategy, **style)
+        ax.fill_between(stats.x / scale, stats.low, stats.high, color=line.get_color(), alpha=0.15)
     if full_pool_miou is not None and np.isfinite(full_pool_miou):
         ax.axhline(full_pool_miou, color="k", lw=1, label="whole pool labelled")
         ax.axhline(0.95 * full_pool_miou, color="k", lw=1, ls=":", label="95% of that")
     seeds = curve.seed.nunique()
     ax.set(
-        xlabel="labelled tiles",
+        xlabel="expert minutes (mean over seeds)" if x == "expert_seconds" else "labelled tiles",
         ylabel="held-out mIoU",
         title=f"active learning vs random ({seeds} seed{'s' if seeds > 1 else ''}; band = min-max)",
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,8 @@ SCORING_THREADS = 1  # torch threads per scoring actor (and the CPUs it reserves
 class Ensemble:
     members: list[Path]
     version: str
+    # How the members' fits went, when they were trained in this process (not saved).
+    fits: list[ray_backend.FitOutcome] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_files(cls, files: list[str | Path]) -> Ensemble:
@@ -156,9 +158,10 @@ def train_ensemble(
             export_dir=out_dir / f"member-{index}",
         )
         runs.append((supervised.loop, job, spec))
-    ray_backend.fit_many(runs, concurrency)
+    outcomes = ray_backend.fit_many(runs, concurrency)
     ensemble = Ensemble.from_files([spec.export_dir / f"best_{MODEL_FILE}" for _, _, spec in runs])
     ensemble.save(out_dir)
+    ensemble.fits = outcomes
     return ensemble
 
 

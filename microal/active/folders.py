@@ -4,6 +4,7 @@ A project (``microal al init`` ... ``al run``), ``<workdir>/al/<name>/``::
 
     pool.parquet              every tile's state (microal.active.pool)
     labels/                   the label store (microal.data.labels)
+    costs.parquet             expert seconds per tile and annotator (microal.active.costs)
     annotations.parquet       every annotation pulled from Label Studio
     ls_files/                 tile images Label Studio serves to experts
     rounds/round-<r>/         members.json (the ensemble), report.csv (ensemble vs members),
@@ -11,9 +12,9 @@ A project (``microal al init`` ... ``al run``), ``<workdir>/al/<name>/``::
 
 A simulation (``microal al simulate``), ``<workdir>/al/<name>/``::
 
-    curve.csv, curve.png, summary.csv
-    shared-s<seed>-round0/    round 0's ensemble, shared by every strategy of a seed
-    <strategy>-s<seed>/       pool.parquet, labels/, round-<r>/ (ensembles), scores-round-<r>.parquet
+    curve.csv, curve.png, curve_seconds.png, summary.csv
+    <strategy>-s<seed>/       a project as above, labelled by the oracle (round 0's ensemble is
+                              trained once per seed, by the first strategy, and shared)
     full-pool-<E>ep-s<seed>/  the whole-pool reference, trained for E epochs
 """
 
@@ -42,6 +43,10 @@ class ProjectFolders:
     @property
     def labels(self) -> Path:
         return self.root / LABELS_DIR
+
+    @property
+    def costs(self) -> Path:
+        return self.root / "costs.parquet"
 
     @property
     def annotations(self) -> Path:
@@ -81,18 +86,13 @@ class SimulationFolders:
     def summary(self) -> Path:
         return self.root / "summary.csv"
 
+    @property
+    def curve_seconds_plot(self) -> Path:
+        return self.root / "curve_seconds.png"
+
     def run(self, strategy: str, seed: int) -> Path:
-        """One strategy's run for one seed: its pool, label store, ensembles and score tables."""
+        """One strategy's project for one seed: its pool, label store, costs and rounds."""
         return self.root / f"{strategy}-s{seed}"
-
-    def ensemble(self, strategy: str, seed: int, round_: int) -> Path:
-        # Round 0 has the same labelled tiles for every strategy of a seed: trained once.
-        if round_ == 0:
-            return self.root / f"shared-s{seed}-round0"
-        return self.run(strategy, seed) / f"{ROUND_PREFIX}{round_}"
-
-    def scores(self, strategy: str, seed: int, round_: int) -> Path:
-        return self.run(strategy, seed) / f"scores-{ROUND_PREFIX}{round_}.parquet"
 
     def full_pool(self, epochs: int, seed: int) -> Path:
         return self.root / f"full-pool-{epochs}ep-s{seed}"

@@ -1,20 +1,24 @@
 """An active-learning project on disk (its folders: microal.active.folders): the steps of one
-round, each resumable.
+round, each resumable, and `run_round`, the one round that experts and the oracle share.
 
 A round: train the ensemble on everything labelled so far -> score the unlabelled tiles ->
-select a batch (reading only the score table and the pool) -> experts label it -> next round.
+select a batch (reading only the score table and the pool) -> hand it to a labeller, who
+labels it (the oracle at once, experts in Label Studio later) -> next round.
 Images that came with expert masks start labelled (round 0); the others form the pool.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
+from microal.active.costs import CostTable
 from microal.active.ensemble import MEMBERS_FILE, Ensemble, ensemble_report, train_ensemble
 from microal.active.folders import EMBEDDINGS_FILE, REPORT_FILE, SCORES_FILE, SELECTION_FILE, ProjectFolders
 from microal.active.pool import LABELLED, QUEUED, REJECTED, UNLABELLED, Pool
@@ -42,6 +46,7 @@ class ALProject:
     tiles_root: Path
     tileset: TileSet
     pool: Pool
+    seed: int = 0  # round r trains and scores with seed*100 + r (a simulation's seed; 0 for experts)
 
     @property
     def folders(self) -> ProjectFolders:
@@ -50,6 +55,13 @@ class ALProject:
     @property
     def labels(self) -> LabelStore:
         return LabelStore(self.folders.labels, self.tileset)
+
+    @property
+    def costs(self) -> CostTable:
+        return CostTable(self.folders.costs)
+
+    def round_seed(self, round_: int) -> int:
+        return self.seed * 100 + round_
 
     def round_dir(self, round_: int) -> Path:
         return self.folders.round(round_)
@@ -81,17 +93,22 @@ def init_project(root: Path, config: ProjectConfig, tiles_root: Path) -> ALProje
     tiles = tileset.tiles[~tileset.tiles.image_id.map(splits).isin([TEST, EXCLUDED])]
     if tiles.empty:
         raise MicroalError("al init: no tiles for the pool (every image is held out)")
-    pool = Pool.create(ProjectFolders(root).pool, tiles)
-    project = ALProject(root, config, tiles_root, tileset, pool)
+    project = create_project(root, config, tiles_root, tiles)
     labelled = tiles[tiles.labelled]
     if not labelled.empty:
         project.labels.reveal_from_truth(labelled)
-        pool.mark_labelled(labelled.tile_id, 0, note="came with expert masks")
+        project.pool.mark_labelled(labelled.tile_id, 0, note="came with expert masks")
     return project
 
 
-def load_project(root: Path, config: ProjectConfig, tiles_root: Path) -> ALProject:
-    return ALProject(root, config, tiles_root, load_tiles(tiles_root), Pool.load(ProjectFolders(root).pool))
+def create_project(root: Path, config: ProjectConfig, tiles_root: Path, pool_tiles: pd.DataFrame, seed: int = 0):
+    """A project whose pool is `pool_tiles`, all unlabelled (a simulation hides their masks)."""
+    pool = Pool.create(ProjectFolders(root).pool, pool_tiles)
+    return ALProject(root, config, tiles_root, load_tiles(tiles_root), pool, seed)
+
+
+def load_project(root: Path, config: ProjectConfig, tiles_root: Path, seed: int = 0) -> ALProject:
+    return ALProject(root, config, tiles_root, load_tiles(tiles_root), Pool.load(ProjectFolders(root).pool), seed)
 
 
 def previous_ensemble(project: ALProject) -> Ensemble | None:
@@ -125,7 +142,7 @@ def train_round_ensemble(
             project.tiles(labelled_ids),
             folder,
             project.config.al.members,
-            seed=round_,
+            seed=project.round_seed(round_),
             label_store=str(project.labels.root),
             address=address,
             init_from=previous_ensemble(project) if project.config.al.warm_start else None,
@@ -143,7 +160,7 @@ def train_round_ensemble(
     return ensemble, report
 
 
-def score_round(project: ALProject, ensemble: Ensemble | None = None, seed: int = 0) -> pd.DataFrame:
+def score_round(project: ALProject, ensemble: Ensemble | None = None) -> pd.DataFrame:
     """Score every unlabelled tile with the round's ensemble; write scores.parquet (one row per
     tile and acquisition: tile id, acquisition, reduction, score, model version) and embeddings."""
     round_ = project.current_round
@@ -161,7 +178,7 @@ def score_round(project: ALProject, ensemble: Ensemble | None = None, seed: int 
         acquisitions=acquisitions,
         reduction=al.reduction,
         top_fraction=al.top_fraction,
-        seed=seed + round_,
+        seed=project.round_seed(round_),
     )
     batches = ensemble.map_tiles(project.tiles_root, candidates, score, project.config)
     table, embeddings = score_table(batches, project.tileset.tiles, ensemble.version)
@@ -199,3 +216,65 @@ def select_round(project: ALProject, k: int | None = None, acquisition: str | No
     with atomic_path(folder / SELECTION_FILE) as tmp:
         selection.to_csv(tmp, index=False)
     return selection
+
+
+class Labeller(Protocol):
+    """Who labels a round's batch: the oracle (active/labellers.py) or experts in Label Studio
+    (labelstudio/loop.py)."""
+
+    name: str
+
+    def hand_over(self, project: ALProject, selection: pd.DataFrame, ensemble: Ensemble) -> list[str]:
+        """Give the selected tiles to the labeller; the tile ids it took. The oracle labels them
+        at once (labelled in the next round); Label Studio queues them."""
+        ...
+
+
+@dataclass
+class RoundOutcome:
+    round: int
+    ensemble: Ensemble
+    report: pd.DataFrame | None  # held-out tiles: ensemble and members (None without any)
+    selection: pd.DataFrame | None = None
+    handed_over: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # train, score, select, hand_over, fits
+
+    @property
+    def heldout_miou(self) -> float:
+        return float(self.report.miou.iloc[0]) if self.report is not None else float("nan")
+
+
+def run_round(
+    project: ALProject,
+    labeller: Labeller,
+    address: str | None = None,
+    members: Ensemble | None = None,
+    select: bool = True,
+) -> RoundOutcome:
+    """One round, whoever labels: train (or reuse, or take `members`) the current round's
+    ensemble on everything labelled, measure it on the held-out tiles, score the pool, select
+    a batch and hand it to `labeller`. Without `select` (a last round), or with nothing left
+    unlabelled, it stops after the ensemble."""
+    round_ = project.current_round
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    ensemble, report = train_round_ensemble(project, address=address, members=members)
+    seconds["train"] = time.perf_counter() - started
+    if ensemble.fits:  # trained now (not reused): what the loops took, and what Ray's start-up took
+        seconds["fits"] = len(ensemble.fits)
+        seconds["loops"] = max(f.loop_seconds for f in ensemble.fits)
+        seconds["ray_per_fit"] = float(np.mean([f.ray_seconds for f in ensemble.fits]))
+    outcome = RoundOutcome(round_, ensemble, report, seconds=seconds)
+    if not select or not project.pool.ids(UNLABELLED):
+        return outcome
+    ray_backend.init_ray(address)
+    started = time.perf_counter()
+    score_round(project, ensemble)
+    seconds["score"] = time.perf_counter() - started
+    started = time.perf_counter()
+    outcome.selection = select_round(project)
+    seconds["select"] = time.perf_counter() - started
+    started = time.perf_counter()
+    outcome.handed_over = labeller.hand_over(project, outcome.selection, ensemble)
+    seconds["hand_over"] = time.perf_counter() - started
+    return outcome

@@ -1,41 +1,42 @@
 """`microal al simulate`: the standard oracle experiment for active learning.
 
 Start from `initial` labelled tiles (random, the same for every strategy of a seed), hide the
-masks of the rest of the pool, and in each round: train the ensemble on what is labelled,
-score it on a fixed held-out set, score the pool, select `batch` tiles, reveal their masks.
+masks of the rest of the pool, and run the experts' round (active/rounds.run_round) with the
+oracle as labeller: train the ensemble on what is labelled, measure it on the fixed held-out
+tiles, score the pool, select `batch` tiles, reveal their masks (with a simulated expert cost).
 Repeat for every acquisition strategy against random, over several seeds.
 
 Output in <workdir>/al/<name>/ (the layout: microal.active.folders): curve.csv (strategy, seed,
-round, labelled tiles, fraction of the pool, held-out mIoU, ensemble and members), curve.png
-(mean and spread per strategy), summary.csv, and per strategy/seed the pool state, label store
-and ensembles; a stopped experiment resumes. The whole-pool reference is trained once per seed and averaged.
+round, labelled tiles, fraction of the pool, simulated expert seconds, held-out mIoU, ensemble
+and members), curve.png and curve_seconds.png (mean and spread per strategy, against tiles and
+against expert time), summary.csv, and per strategy/seed a project (pool, label store, costs,
+rounds); a stopped experiment resumes. The whole-pool reference is trained once per seed and averaged.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from microal.active.acquisition import NEEDS_MEMBERS
-from microal.active.ensemble import Ensemble, ensemble_report, train_ensemble
+from microal.active.costs import SimulatedCost
+from microal.active.ensemble import Ensemble, train_ensemble
 from microal.active.folders import ProjectFolders, SimulationFolders
-from microal.active.pool import LABELLED, UNLABELLED, Pool
-from microal.active.scoring import TileScorer, score_table
-from microal.active.selection import SelectionSettings, select_batch
+from microal.active.labellers import OracleLabeller
+from microal.active.pool import LABELLED
+from microal.active.rounds import ALProject, create_project, image_held_out_splits, load_project, run_round
+from microal.active.scoring import TileScorer
 from microal.backend import ray as ray_backend
 from microal.config import ProjectConfig, apply_overrides
-from microal.data.labels import LabelStore
-from microal.data.splits import TEST, TRAIN, VAL
+from microal.data.splits import TEST, TRAIN
 from microal.data.tiles import TileSet, load_tiles
 from microal.errors import ConfigError
 from microal.files import atomic_path
 from microal.models.metrics import PixelCounts
 from microal.plots import learning_curves_al
-from microal.training.jobs import split_table
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Simulation:
     # epochs than a round. Default: the most any round's model has had (training.epochs, or with
     # al.warm_start the epochs accumulated over all rounds).
     full_pool_epochs: int | None = None
+    cost: SimulatedCost = field(default_factory=SimulatedCost)  # the oracle's seconds per tile
 
     def reference_epochs(self, config: ProjectConfig) -> int:
         if self.full_pool_epochs:
@@ -57,11 +59,12 @@ class Simulation:
 
 
 def pool_and_test_tiles(tileset: TileSet, config: ProjectConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Pool: tiles of labelled train/val images (masks hidden); held-out: tiles of test images."""
-    splits = split_table(tileset, config).set_index("image_id").split
+    """Pool: tiles of the labelled images a project would pool (masks hidden); held-out: tiles
+    of the split's test images, as a project measures its rounds."""
+    splits = image_held_out_splits(tileset, config)
     tiles = tileset.tiles[tileset.tiles.labelled]
     role = tiles.image_id.map(splits)
-    pool, test = tiles[role.isin([TRAIN, VAL])], tiles[role == TEST]
+    pool, test = tiles[role == TRAIN], tiles[role == TEST]
     if test.empty:
         raise ConfigError("al simulate: the split holds out no test image (split.test) to measure mIoU on")
     return pool.reset_index(drop=True), test.reset_index(drop=True)
@@ -70,24 +73,6 @@ def pool_and_test_tiles(tileset: TileSet, config: ProjectConfig) -> tuple[pd.Dat
 def heldout_counts(ensemble: Ensemble, tiles_root: Path, test: pd.DataFrame, config: ProjectConfig) -> np.ndarray:
     parts = ensemble.map_tiles(tiles_root, test.tile_id.tolist(), TileScorer.pixel_counts, config)
     return np.sum(parts, axis=0)
-
-
-def score_pool(
-    ensemble: Ensemble,
-    tiles_root: Path,
-    pool_tiles: pd.DataFrame,
-    candidates: list[str],
-    config: ProjectConfig,
-    acquisition: str,
-    seed: int,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    al = config.al
-    score = partial(
-        TileScorer.score, acquisitions=[acquisition], reduction=al.reduction, top_fraction=al.top_fraction, seed=seed
-    )
-    batches = ensemble.map_tiles(tiles_root, candidates, score, config)
-    table, embeddings = score_table(batches, pool_tiles, ensemble.version)
-    return table, embeddings
 
 
 def _append_curve(folders: SimulationFolders, row: dict) -> pd.DataFrame:
@@ -107,86 +92,69 @@ def _done(folders: SimulationFolders, strategy: str, seed: int) -> set[int]:
     return set(curve[(curve.strategy == strategy) & (curve.seed == seed)]["round"].astype(int))
 
 
+def strategy_project(
+    config: ProjectConfig,
+    tiles_root: Path,
+    pool_tiles: pd.DataFrame,
+    root: Path,
+    strategy: str,
+    seed: int,
+    sim: Simulation,
+    oracle: OracleLabeller,
+) -> ALProject:
+    """The project of one strategy and seed: the pool with its masks hidden, `initial` random
+    tiles (the same for every strategy of a seed) revealed in round 0."""
+    run_config = apply_overrides(
+        config, {"al.acquisition": strategy, "al.batch_size": sim.batch}, source=f"al simulate {strategy}"
+    )
+    if ProjectFolders(root).pool.exists():
+        project = load_project(root, run_config, tiles_root, seed=seed)
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        project = create_project(root, run_config, tiles_root, pool_tiles, seed=seed)
+    if not project.pool.ids(LABELLED):
+        rng = np.random.default_rng(seed)
+        initial = rng.choice(pool_tiles.tile_id.to_numpy(), size=sim.initial, replace=False).tolist()
+        oracle.reveal(project, initial, 0, note="initial")
+    return project
+
+
 def run_strategy(
-    config, tiles_root, tileset, pool_tiles, test_tiles, folders: SimulationFolders, strategy, seed, sim, address
+    config, tiles_root, pool_tiles, folders: SimulationFolders, strategy, seed, sim, address, shared_round0
 ) -> None:
-    al = config.al
-    run = ProjectFolders(folders.run(strategy, seed))  # a pool and a label store, as in a project
-    run.root.mkdir(parents=True, exist_ok=True)
-    pool = Pool.load(run.pool) if run.pool.exists() else Pool.create(run.pool, pool_tiles)
-    labels = LabelStore(run.labels, tileset)
-    if not pool.ids(LABELLED):
-        initial = (
-            np.random.default_rng(seed).choice(pool_tiles.tile_id.to_numpy(), size=sim.initial, replace=False).tolist()
-        )
-        labels.reveal_from_truth(pool_tiles.set_index("tile_id", drop=False).loc[initial])
-        pool.mark_labelled(initial, 0, note="initial")
+    """Rounds 0..sim.rounds of one strategy and seed, each the experts' round with the oracle."""
+    oracle = OracleLabeller(sim.cost)
+    project = strategy_project(config, tiles_root, pool_tiles, folders.run(strategy, seed), strategy, seed, sim, oracle)
     done = _done(folders, strategy, seed)
-
-    def ensemble_dir(round_: int) -> Path:
-        return folders.ensemble(strategy, seed, round_)
-
-    for round_ in range(sim.rounds + 1):
-        labelled_ids = pool.table[(pool.table.state == LABELLED) & (pool.table["round"] <= round_)].tile_id.tolist()
+    while True:
+        round_ = project.current_round
+        members = Ensemble.load(shared_round0) if round_ == 0 and shared_round0 is not None else None
+        outcome = run_round(project, oracle, address=address, members=members, select=round_ < sim.rounds)
         if round_ not in done:
-            labelled = pool_tiles[pool_tiles.tile_id.isin(labelled_ids)]
-            previous = Ensemble.load(ensemble_dir(round_ - 1)) if al.warm_start and round_ > 0 else None
-            ensemble = train_ensemble(
-                config,
-                tiles_root,
-                labelled,
-                ensemble_dir(round_),
-                al.members,
-                seed=seed * 100 + round_,
-                label_store=str(labels.root),
-                address=address,
-                init_from=previous,
-            )
-            counts = heldout_counts(ensemble, tiles_root, test_tiles, config)
-            report = ensemble_report(counts, config.class_names)
+            pool = project.pool.table
+            labelled = pool[(pool.state == LABELLED) & (pool["round"] <= round_)].tile_id
+            seconds = project.costs.seconds_by_tile()
+            report = outcome.report
             row = {
                 "strategy": strategy,
                 "seed": seed,
                 "round": round_,
-                "labelled_tiles": len(labelled_ids),
-                "pool_fraction": len(labelled_ids) / len(pool_tiles),
-                "miou": PixelCounts.from_array(counts[0]).miou(),
+                "labelled_tiles": len(labelled),
+                "pool_fraction": len(labelled) / len(pool_tiles),
+                "expert_seconds": float(seconds.reindex(labelled).fillna(0).sum()),
+                "miou": outcome.heldout_miou,
                 "mean_member_miou": float(report.miou.iloc[1:].mean()),
-                "model_version": ensemble.version,
+                "model_version": outcome.ensemble.version,
             }
             _append_curve(folders, row)
             print(
-                f"al simulate {strategy} seed {seed} round {round_}: {len(labelled_ids)} labelled tiles, "
-                f"held-out mIoU {row['miou']:.4f} (members {row['mean_member_miou']:.4f})",
+                f"al simulate {strategy} seed {seed} round {round_}: {len(labelled)} labelled tiles "
+                f"({row['expert_seconds'] / 60:.0f} expert minutes), held-out mIoU {row['miou']:.4f} "
+                f"(members {row['mean_member_miou']:.4f})",
                 flush=True,
             )
-        if round_ == sim.rounds:
+        if round_ >= sim.rounds:
             break
-        if pool.table["round"].max() > round_:
-            continue  # this round's batch was already selected and revealed before a restart
-        ensemble = Ensemble.load(ensemble_dir(round_))
-        candidates = pool.ids(UNLABELLED)
-        table, embeddings = score_pool(
-            ensemble, tiles_root, pool_tiles, candidates, config, strategy, seed * 100 + round_
-        )
-        with atomic_path(folders.scores(strategy, seed, round_)) as tmp:
-            table.to_parquet(tmp, index=False)
-        settings = SelectionSettings(
-            k=sim.batch,
-            per_image_cap=al.per_image_cap,
-            diversity="none" if strategy == "random" else al.diversity,
-            candidates_factor=al.candidates_factor,
-            stratify_by_domain=al.stratify_by_domain,
-        )
-        chosen = select_batch(
-            table,
-            settings,
-            exclude=set(pool.table.tile_id[pool.table.state != UNLABELLED]),
-            embeddings=embeddings,
-            labelled=labelled_ids,
-        )
-        labels.reveal_from_truth(pool_tiles.set_index("tile_id", drop=False).loc[chosen])
-        pool.mark_labelled(chosen, round_ + 1, note=strategy)
 
 
 def full_pool_references(
@@ -269,8 +237,11 @@ def simulate(
         flush=True,
     )
     for seed in range(sim.seeds):
+        # Round 0 has the same labelled tiles for every strategy of a seed: trained once, by the first.
+        shared_round0 = None
         for strategy in sim.strategies:
-            run_strategy(config, tiles_root, tileset, pool_tiles, test_tiles, folders, strategy, seed, sim, address)
+            run_strategy(config, tiles_root, pool_tiles, folders, strategy, seed, sim, address, shared_round0)
+            shared_round0 = ProjectFolders(folders.run(strategy, seed)).round(0)
     curve = pd.read_csv(folders.curve)
     references = full_pool_references(
         config, tiles_root, pool_tiles, test_tiles, folders, address, sim.reference_epochs(config), sim.seeds
@@ -280,4 +251,5 @@ def simulate(
     with atomic_path(folders.summary) as tmp:
         summary.assign(full_pool_miou=full, full_pool_miou_std=float(np.std(references))).to_csv(tmp, index=False)
     learning_curves_al(curve, folders.curve_plot, full_pool_miou=full)
+    learning_curves_al(curve, folders.curve_seconds_plot, full_pool_miou=full, x="expert_seconds")
     return curve, summary, full

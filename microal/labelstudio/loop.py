@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from microal.active import rounds
 from microal.active.acquisition import score_scale
 from microal.active.ensemble import Ensemble
 from microal.active.pool import LABELLED, QUEUED, UNLABELLED
-from microal.active.rounds import ALProject, score_round, select_round, train_round_ensemble
+from microal.active.rounds import ALProject
 from microal.active.scoring import TileScorer
 from microal.files import atomic_path
 from microal.labelstudio.annotations import agreement, consolidate
@@ -214,6 +215,19 @@ def pull(project: ALProject, target: LabelStudioTarget) -> PullReport:
         pool.mark_labelled([tile_id], round_, note=note, annotators=len(masks), agreement=agreed)
         (report.updated if was_labelled else report.labelled).append(tile_id)
     if rows:
+        project.costs.record(
+            [
+                {
+                    "tile_id": row["tile_id"],
+                    "annotator": str(row["annotator"]),
+                    "round": row["round"],
+                    "seconds": float(row["lead_time"] or 0.0),
+                    "source": "label studio",
+                }
+                for row in rows
+                if not row["was_cancelled"]
+            ]
+        )
         # Keep annotations Label Studio no longer lists (a reset server must not erase the record).
         merged = pd.concat([known, pd.DataFrame(rows)], ignore_index=True)
         merged = merged.drop_duplicates("annotation_id", keep="last")
@@ -275,27 +289,41 @@ class WebhookListener:
         self.server.server_close()
 
 
+@dataclass
+class LabelStudioLabeller:
+    """The experts, as a labeller of the shared round (active/rounds.run_round): the batch is
+    queued in Label Studio with pre-annotations; their masks come back through `pull`."""
+
+    target: LabelStudioTarget
+    name: str = "label studio"
+    last_push: PushReport = field(default_factory=PushReport)
+
+    def hand_over(self, project: ALProject, selection: pd.DataFrame, ensemble: Ensemble) -> list[str]:
+        self.last_push = push(project, self.target, selection, ensemble)
+        return self.last_push.created + self.last_push.already_there
+
+
 def run_round(project: ALProject, target: LabelStudioTarget, address: str | None = None) -> tuple[int, PushReport]:
-    """Train the current round's ensemble on everything labelled, score the pool, select, push."""
-    round_ = project.current_round
-    ensemble, report = train_round_ensemble(project, address=address)
-    if report is not None:
+    """The shared round with the experts as labeller: train on everything labelled, score,
+    select, push."""
+    labeller = LabelStudioLabeller(target)
+    outcome = rounds.run_round(project, labeller, address=address)
+    if outcome.report is not None:
         print(
-            f"round {round_}: held-out mIoU ensemble {report.miou.iloc[0]:.4f}, members "
-            f"{', '.join(f'{v:.4f}' for v in report.miou.iloc[1:])}",
+            f"round {outcome.round}: held-out mIoU ensemble {outcome.heldout_miou:.4f}, members "
+            f"{', '.join(f'{v:.4f}' for v in outcome.report.miou.iloc[1:])}",
             flush=True,
         )
-    if not project.pool.ids(UNLABELLED):
-        return round_, PushReport()
-    score_round(project, ensemble)
-    selection = select_round(project)
-    pushed = push(project, target, selection, ensemble)
+    if outcome.selection is None:
+        return outcome.round, PushReport()
+    pushed = labeller.last_push
     print(
-        f"round {round_}: queued {len(pushed.created)} tiles in Label Studio "
-        f"({len(pushed.already_there)} found there already)",
+        f"round {outcome.round}: queued {len(pushed.created)} tiles in Label Studio "
+        f"({len(pushed.already_there)} found there already); "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in outcome.seconds.items() if k not in ("fits",)),
         flush=True,
     )
-    return round_, pushed
+    return outcome.round, pushed
 
 
 def run_loop(

@@ -13,9 +13,10 @@ def test_trained_rounds_are_the_round_folders_holding_the_file(tmp_path):
     assert folders.rounds_with("members.json") == [0, 2, 10]  # numeric order, not text order
 
 
-def test_a_simulation_shares_round_zero_between_strategies(tmp_path):
+def test_each_strategy_and_seed_of_a_simulation_is_a_project(tmp_path):
     folders = SimulationFolders(tmp_path)
-    assert folders.ensemble("bald", 1, 0) == folders.ensemble("random", 1, 0) != folders.ensemble("bald", 0, 0)
-    assert folders.ensemble("bald", 1, 2).parent == folders.run("bald", 1) != folders.run("random", 1)
-    assert folders.scores("bald", 1, 2).parent == folders.run("bald", 1)
+    run = ProjectFolders(folders.run("bald", 1))
+    assert run.round(2).parent.parent == folders.run("bald", 1) != folders.run("random", 1) != folders.run("bald", 0)
+    assert run.costs.parent == run.pool.parent == folders.run("bald", 1)
     assert folders.full_pool(40, 0) != folders.full_pool(20, 0)
+    assert folders.curve_plot != folders.curve_seconds_plot

@@ -139,17 +139,20 @@ def test_oracle_simulation_and_resume(ray_local, tiled, synth_dir, tmp_path):
     assert curve[curve["round"] == 0].model_version.nunique() == 1
     assert set(summary.strategy) == {"entropy", "random"} and summary.aulc.between(0, 1).all()
     assert (tmp_path / "sim" / "curve.png").exists() and (tmp_path / "sim" / "summary.csv").exists()
+    assert (tmp_path / "sim" / "curve_seconds.png").stat().st_size > 10_000
+    # The oracle's simulated cost: at least the fixed share per tile, growing with the labels.
+    for _, run in curve.groupby("strategy"):
+        assert run.expert_seconds.is_monotonic_increasing and (run.expert_seconds >= 30 * run.labelled_tiles).all()
     # Warm start: round 1 fine-tuned the shared round-0 member, so no weight moved further than
     # its few Adam steps allow (a fresh start differs by the scale of the initial weights).
     training = config.training
     steps = training.epochs * training.samples_per_epoch // training.batch_size
-    start = _first_weights(tmp_path / "sim" / "shared-s0-round0" / "member-0" / "best_model.pt")
+    # Round 0 is trained by the first strategy's project and shared with the others.
+    start = _first_weights(tmp_path / "sim" / "entropy-s0" / "rounds" / "round-0" / "member-0" / "best_model.pt")
+    assert not (tmp_path / "sim" / "random-s0" / "rounds" / "round-0" / "member-0").exists()
     for strategy in ("entropy", "random"):
-        moved = (
-            (_first_weights(tmp_path / "sim" / f"{strategy}-s0" / "round-1" / "member-0" / "best_model.pt") - start)
-            .abs()
-            .max()
-        )
+        member = tmp_path / "sim" / f"{strategy}-s0" / "rounds" / "round-1" / "member-0" / "best_model.pt"
+        moved = (_first_weights(member) - start).abs().max()
         assert 0 < moved <= 4 * steps * training.lr
     # The whole-pool ceiling trains as long as the longest-trained round model: with warm start,
     # the epochs of all rounds together (2 rounds x 2 epochs), not one round's 2.

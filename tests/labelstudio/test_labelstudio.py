@@ -21,7 +21,9 @@ import pytest
 import yaml
 from conftest import REPO, quick_config_dict
 
+from microal.active import rounds
 from microal.active.ensemble import Ensemble
+from microal.active.labellers import OracleLabeller
 from microal.active.pool import LABELLED, QUEUED, REJECTED, UNLABELLED
 from microal.active.rounds import init_project, load_project
 from microal.config import parse_config
@@ -29,7 +31,15 @@ from microal.data.tiling import IGNORE_INDEX
 from microal.errors import MicroalError
 from microal.labelstudio.client import LabelStudioClient, mask_to_results, results_to_mask
 from microal.labelstudio.config import check_label_config, label_config
-from microal.labelstudio.loop import WebhookListener, connect, label_cost, pull, push, run_round
+from microal.labelstudio.loop import (
+    LabelStudioLabeller,
+    WebhookListener,
+    connect,
+    label_cost,
+    pull,
+    push,
+    run_round,
+)
 from microal.labelstudio.server import find_executable, new_token_file, port_is_free, start_server
 
 ARTIFACTS = Path(os.environ.get("MICROAL_TEST_ARTIFACTS", REPO / "test-artifacts"))
@@ -75,16 +85,21 @@ def project_config(synth_dir, server):
     return parse_config(raw)
 
 
+def _small_start(root, config, tiles_root):
+    """A project where a few tiles came labelled; the rest is the pool."""
+    project = init_project(root, config, tiles_root)
+    keep = project.pool.ids(LABELLED)[:8]
+    project.pool.table.loc[~project.pool.table.tile_id.isin(keep), ["state", "round"]] = [UNLABELLED, -1]
+    project.pool.save()
+    return load_project(root, config, tiles_root)
+
+
 @pytest.fixture(scope="module")
 def loop(ray_local, tiled, server, project_config):
     """An active-learning project whose round-0 batch has been pushed to Label Studio."""
     ws, _, _ = tiled
     root = server["files_root"] / "al" / "ls"
-    project = init_project(root, project_config, ws.tiles)
-    keep = project.pool.ids(LABELLED)[:8]  # a few tiles came labelled; the rest is the pool
-    project.pool.table.loc[~project.pool.table.tile_id.isin(keep), ["state", "round"]] = [UNLABELLED, -1]
-    project.pool.save()
-    project = load_project(root, project_config, ws.tiles)
+    project = _small_start(root, project_config, ws.tiles)
     client = LabelStudioClient(server["server"].url, server["token"])
     target = connect(project, client, server["files_root"])
     round_, pushed = run_round(project, target)
@@ -169,6 +184,43 @@ def test_pull_expert_masks_pixel_exact_with_lead_time(loop):
     cost = label_cost(project)
     assert cost.set_index("round").loc[1, "hours"] == pytest.approx(60 / 3600)
     assert pull(project, target).labelled == []  # nothing new: nothing done twice
+
+
+def test_the_oracle_and_the_experts_run_the_same_round_on_the_same_pool(loop, server, tmp_path):
+    """One round, two labellers: on the same pool and ensemble both select the same tiles; the
+    oracle labels them at once with a simulated cost, Label Studio queues them, and what the
+    experts paint comes back as the same labels, with their lead time as the cost."""
+    config, tiles_root = loop["project"].config, loop["ws"].tiles
+    oracle_project = _small_start(tmp_path / "oracle", config, tiles_root)
+    experts_project = _small_start(server["files_root"] / "al" / "same-round", config, tiles_root)
+    oracle = rounds.run_round(oracle_project, OracleLabeller())
+    labeller = LabelStudioLabeller(connect(experts_project, loop["client"], server["files_root"]))
+    experts = rounds.run_round(experts_project, labeller, members=oracle.ensemble)
+
+    assert oracle.ensemble.version == experts.ensemble.version
+    pd.testing.assert_frame_equal(oracle.selection, experts.selection)
+    chosen = oracle.selection.tile_id.tolist()
+    assert sorted(oracle.handed_over) == sorted(experts.handed_over) == sorted(chosen)
+    by_tile = oracle_project.pool.table.set_index("tile_id").loc[chosen]
+    assert (by_tile.state == LABELLED).all() and (by_tile["round"] == 1).all()
+    costs = oracle_project.costs.read().set_index("tile_id").loc[chosen]
+    assert (costs.source == "simulated").all() and (costs.seconds >= 30).all()
+    queued = experts_project.pool.table.set_index("tile_id").loc[chosen]
+    assert (queued.state == QUEUED).all() and (queued["round"] == 1).all() and queued.task_id.notna().all()
+    assert {"train", "score", "select", "hand_over", "loops", "ray_per_fit"} <= set(oracle.seconds)
+
+    for tile_id, task_id in zip(queued.index, queued.task_id.astype(int)):
+        mask = _truth(experts_project, tile_id)
+        loop["client"].annotate(task_id, mask_to_results(mask, config.class_names), lead_time=45.0)
+    assert sorted(pull(experts_project, labeller.target).labelled) == sorted(chosen)
+    tiles = experts_project.tileset.tiles.set_index("tile_id", drop=False)
+    for tile_id in chosen:
+        np.testing.assert_array_equal(
+            experts_project.labels.centre(tiles.loc[tile_id]), oracle_project.labels.centre(tiles.loc[tile_id])
+        )
+    paid = experts_project.costs.read().set_index("tile_id").loc[chosen]
+    assert (paid.source == "label studio").all() and (paid.seconds == 45.0).all()
+    assert experts_project.current_round == oracle_project.current_round == 1
 
 
 def test_two_annotators_are_consolidated_with_their_agreement(loop):
