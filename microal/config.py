@@ -280,6 +280,9 @@ class ActiveLearningConfig(_Strict):
     reduction: Literal["mean", "max", "topk_mean"] = "mean"  # pixel map -> tile score
     top_fraction: float = Field(0.1, gt=0, le=1)  # for topk_mean
     batch_size: int = Field(8, ge=1)  # tiles per round
+    # Instead of batch_size tiles: as many as fit this much expert time, each tile's time
+    # estimated from its pre-annotation's boundary length and what labelled tiles cost (active/costs.py).
+    budget_minutes: float | None = Field(None, gt=0)
     members: int = Field(3, ge=1)  # ensemble members (k-fold bagging)
     # k of the k-fold split (default: members). More folds than members: each member leaves out a
     # smaller fold and so trains on more of the labelled tiles ((k-1)/k of them); the first

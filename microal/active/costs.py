@@ -66,3 +66,38 @@ class CostTable:
     def seconds_by_tile(self) -> pd.Series:
         """Total expert seconds per tile (over its annotators)."""
         return self.read().groupby("tile_id").seconds.sum()
+
+
+MIN_TILES_FOR_FIT = 5  # labelled tiles with a cost before their boundaries are fitted
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Expected expert seconds of a tile from the boundary length its pre-annotation shows:
+    seconds_per_tile + seconds_per_100_boundary_px x boundary / 100. `basis` says where the
+    numbers came from."""
+
+    seconds_per_tile: float
+    seconds_per_100_boundary_px: float
+    basis: str
+
+    def seconds(self, boundary_px) -> np.ndarray:
+        return self.seconds_per_tile + self.seconds_per_100_boundary_px * np.asarray(boundary_px, float) / 100
+
+    @classmethod
+    def from_labelled(cls, seconds: pd.Series, boundary_px: pd.Series, prior: SimulatedCost) -> CostEstimate:
+        """From what labelled tiles cost (`seconds`, by tile) and the boundary length of their
+        labels (`boundary_px`, by tile): a least-squares line once MIN_TILES_FOR_FIT tiles of
+        different boundary lengths have a cost, the mean seconds per tile before that, and the
+        `prior` while nothing has been paid. Neither term goes below 0."""
+        both = pd.concat([seconds.rename("seconds"), boundary_px.rename("boundary")], axis=1, join="inner").dropna()
+        if len(both) >= MIN_TILES_FOR_FIT and both.boundary.nunique() > 1:
+            slope, intercept = np.polyfit(both.boundary.to_numpy() / 100, both.seconds.to_numpy(), 1)
+            if slope < 0:  # more boundary is never faster: the mean is the better guess
+                return cls(float(both.seconds.mean()), 0.0, f"mean of {len(both)} labelled tiles")
+            if intercept < 0:
+                intercept, slope = 0.0, float(both.seconds.sum() / max(both.boundary.sum() / 100, 1e-9))
+            return cls(float(intercept), float(slope), f"fitted to {len(both)} labelled tiles")
+        if len(both):
+            return cls(float(both.seconds.mean()), 0.0, f"mean of {len(both)} labelled tiles")
+        return cls(prior.seconds_per_tile, prior.seconds_per_100_boundary_px, "prior (nothing labelled has a cost)")

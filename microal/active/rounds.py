@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from microal.active.costs import CostTable
+from microal.active.costs import CostEstimate, CostTable, SimulatedCost, boundary_pixels
 from microal.active.ensemble import MEMBERS_FILE, Ensemble, ensemble_report, train_ensemble
 from microal.active.folders import EMBEDDINGS_FILE, REPORT_FILE, SCORES_FILE, SELECTION_FILE, ProjectFolders
 from microal.active.pool import LABELLED, QUEUED, REJECTED, UNLABELLED, Pool
@@ -189,8 +189,22 @@ def score_round(project: ALProject, ensemble: Ensemble | None = None) -> pd.Data
     return table
 
 
-def select_round(project: ALProject, k: int | None = None, acquisition: str | None = None) -> pd.DataFrame:
-    """Choose the next batch from the round's score table (nothing is scored here). Tiles
+def cost_estimate(project: ALProject) -> CostEstimate:
+    """What a tile will cost an expert, from what labelled tiles cost and their labels' boundaries."""
+    seconds = project.costs.seconds_by_tile()
+    paid = project.tiles([t for t in project.pool.ids(LABELLED) if t in seconds.index])
+    labels = project.labels
+    boundary = pd.Series(
+        [boundary_pixels(labels.centre(tile)) for _, tile in paid.iterrows()], index=paid.tile_id, dtype=float
+    )
+    return CostEstimate.from_labelled(seconds, boundary, SimulatedCost())
+
+
+def select_round(
+    project: ALProject, k: int | None = None, acquisition: str | None = None, budget_minutes: float | None = None
+) -> pd.DataFrame:
+    """Choose the next batch from the round's score table (nothing is scored here): k tiles, or
+    as many as fit `budget_minutes` of expert time (default al.budget_minutes). Tiles
     already queued, labelled or rejected are never chosen."""
     al = project.config.al
     folder = project.round_dir(project.current_round)
@@ -203,12 +217,26 @@ def select_round(project: ALProject, k: int | None = None, acquisition: str | No
         raise MicroalError(f"al select: the score table has no {acquisition!r} scores")
     embeddings = pd.read_parquet(folder / EMBEDDINGS_FILE)
     busy = set(project.pool.table.tile_id[project.pool.table.state.isin([QUEUED, LABELLED, REJECTED])])
+    budget_minutes = budget_minutes or (None if k else al.budget_minutes)
+    if budget_minutes is not None:
+        if "predicted_boundary_px" not in scores:
+            raise MicroalError(
+                f"al select: {folder / SCORES_FILE} predates cost estimates; run `microal al score` again"
+            )
+        estimate = cost_estimate(project)
+        scores = scores.assign(estimated_seconds=estimate.seconds(scores.predicted_boundary_px))
+        print(
+            f"al select: {budget_minutes:g} expert minutes; a tile costs {estimate.seconds_per_tile:.0f} s + "
+            f"{estimate.seconds_per_100_boundary_px:.1f} s per 100 px of phase boundary ({estimate.basis})",
+            flush=True,
+        )
     settings = SelectionSettings(
         k=k or al.batch_size,
         per_image_cap=al.per_image_cap,
         diversity="none" if acquisition == "random" else al.diversity,
         candidates_factor=al.candidates_factor,
         stratify_by_domain=al.stratify_by_domain,
+        budget_seconds=None if budget_minutes is None else budget_minutes * 60,
     )
     chosen = select_batch(scores, settings, exclude=busy, embeddings=embeddings, labelled=project.pool.ids(LABELLED))
     selection = scores.set_index("tile_id").loc[chosen].reset_index()

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from microal.active.acquisition import tile_scores
+from microal.active.costs import boundary_pixels
 from microal.data.datasets import WindowSource, standardise
 from microal.data.tiles import load_tiles
 from microal.data.tiling import IGNORE_INDEX, crop_centre
@@ -41,6 +42,9 @@ class ScoreBatch:
     tile_ids: list[str]
     scores: dict[str, np.ndarray]  # "acquisition/reduction" -> [tiles]
     embeddings: np.ndarray  # [tiles, D]: pooled deepest encoder features of the first member
+    # Phase boundary pixels of the ensemble's prediction in each tile centre: what an expert
+    # correcting the pre-annotation paints along (active/costs.py estimates seconds from it).
+    boundary_px: np.ndarray | None = None
 
 
 class TileScorer:
@@ -129,16 +133,20 @@ class TileScorer:
     ) -> ScoreBatch:
         rng = np.random.default_rng([seed, int(hashlib.sha256("".join(tile_ids).encode()).hexdigest()[:8], 16)])
         scores: dict[str, list[np.ndarray]] = {f"{name}/{reduction}": [] for name in acquisitions}
-        embeddings = []
+        embeddings, boundaries = [], []
         for _, windows, _, valid in self._batches(list(tile_ids)):
             probs, features = self.probabilities(windows, with_embeddings=True)
             embeddings.append(features)
             for name in acquisitions:
                 scores[f"{name}/{reduction}"].append(tile_scores(probs, name, reduction, top_fraction, rng, valid))
+            predicted = probs.mean(dim=0).argmax(dim=1).to(torch.uint8).cpu().numpy()
+            predicted[~np.asarray(valid, dtype=bool)] = IGNORE_INDEX
+            boundaries.append(np.array([boundary_pixels(mask) for mask in predicted], dtype=float))
         return ScoreBatch(
             list(tile_ids),
             {key: np.concatenate(parts) for key, parts in scores.items()},
             np.concatenate(embeddings) if embeddings else np.zeros((0, 0)),
+            np.concatenate(boundaries) if boundaries else np.zeros(0),
         )
 
     def ensemble_masks(self, tile_ids: list[str]) -> np.ndarray:
@@ -202,6 +210,11 @@ def score_table(batches: list[ScoreBatch], tiles: pd.DataFrame, version: str) ->
     table = pd.concat(rows, ignore_index=True)
     info = tiles.set_index("tile_id").loc[table.tile_id, ["image_id", "domain"]].reset_index(drop=True)
     table = pd.concat([table, info], axis=1)
+    if batches and all(b.boundary_px is not None for b in batches):
+        boundary = pd.Series(
+            np.concatenate([b.boundary_px for b in batches]), index=[t for b in batches for t in b.tile_ids]
+        )
+        table["predicted_boundary_px"] = table.tile_id.map(boundary).to_numpy()
     order = [t for b in batches for t in b.tile_ids]
     embeddings = np.concatenate([b.embeddings for b in batches]) if batches else np.zeros((0, 0))
     return table, pd.DataFrame(embeddings, index=order)

@@ -4,6 +4,10 @@ Steps: drop tiles that are queued, labelled or rejected; optionally split the bu
 domains; within each, take the best-scored candidates, spread them over the candidates'
 embedding space (k-center greedy, starting from the tiles already labelled), and never take
 more than `per_image_cap` tiles of one micrograph.
+
+With a budget in expert seconds (`budget_seconds`, and an `estimated_seconds` column in the
+score table), the batch is not k tiles but as many as fit the budget, in the same order of
+preference: a tile that would overrun it is passed over for a cheaper one further down.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ class SelectionSettings:
     diversity: str = "kcenter"  # kcenter | none
     candidates_factor: int = 5  # k-center picks among the top k x factor by score
     stratify_by_domain: bool = False
+    budget_seconds: float | None = None  # instead of k: the expert time the batch may take
 
     def __post_init__(self):
         if self.k < 1:
             raise ConfigError(f"selection: k must be >= 1, got {self.k}")
         if self.diversity not in ("kcenter", "none"):
             raise ConfigError(f"selection: unknown diversity {self.diversity!r}; valid: ['kcenter', 'none']")
+        if self.budget_seconds is not None and self.budget_seconds <= 0:
+            raise ConfigError(f"selection: the budget must be positive, got {self.budget_seconds} s")
 
 
 def _domain_quotas(available: pd.DataFrame, k: int) -> dict[str, int]:
@@ -77,6 +84,16 @@ def _top_with_cap(candidates: pd.DataFrame, k: int, cap: int | None) -> list[str
     return ranked[ranked.rank_in_image < cap].tile_id.head(k).tolist()
 
 
+def _within_budget(order: list[str], seconds: pd.Series, budget: float) -> list[str]:
+    chosen, spent = [], 0.0
+    for tile_id in order:
+        cost = float(seconds[tile_id])
+        if spent + cost <= budget:
+            chosen.append(tile_id)
+            spent += cost
+    return chosen
+
+
 def select_batch(
     scores: pd.DataFrame,
     settings: SelectionSettings,
@@ -84,20 +101,38 @@ def select_batch(
     embeddings: pd.DataFrame | None = None,
     labelled: list[str] = (),
 ) -> list[str]:
-    """Tile ids to queue next. `scores`: one row per tile with tile_id, image_id, domain, score."""
+    """Tile ids to queue next. `scores`: one row per tile with tile_id, image_id, domain, score
+    (and estimated_seconds with a budget)."""
     available = scores[~scores.tile_id.isin(exclude)].sort_values("score", ascending=False, kind="stable")
     if available.empty:
         return []
-    quotas = _domain_quotas(available, settings.k) if settings.stratify_by_domain else {None: settings.k}
+    budget = settings.budget_seconds
+    if budget is not None:
+        if "estimated_seconds" not in available:
+            raise ConfigError("selection: a budget in expert time needs the tiles' estimated_seconds")
+        # How many tiles the budget buys at the typical cost of the best-scored ones: k-center
+        # then orders top-scored candidates as for a batch of that size.
+        typical = float(available.estimated_seconds.head(settings.k * settings.candidates_factor).median())
+        k = max(1, int(np.ceil(budget / max(typical, 1e-9))))
+    else:
+        k = settings.k
+    quotas = _domain_quotas(available, k) if settings.stratify_by_domain else {None: k}
     chosen: list[str] = []
     for domain, quota in quotas.items():
         part = available if domain is None else available[available.domain == domain]
         if quota == 0 or part.empty:
             continue
+        if budget is not None:
+            # Order more tiles than the quota (some will not fit), then spend this domain's share.
+            quota_budget = budget * quota / k
+            quota = min(len(part), quota * settings.candidates_factor)
         if settings.diversity == "kcenter" and embeddings is not None:
-            candidates = part.head(quota * settings.candidates_factor)
+            candidates = part.head(quota * (settings.candidates_factor if budget is None else 1))
             anchors = embeddings.loc[[t for t in labelled if t in embeddings.index]].to_numpy(dtype=np.float64)
-            chosen += _kcenter(candidates, embeddings, quota, anchors, settings.per_image_cap)
+            order = _kcenter(candidates, embeddings, quota, anchors, settings.per_image_cap)
         else:
-            chosen += _top_with_cap(part, quota, settings.per_image_cap)
+            order = _top_with_cap(part, quota, settings.per_image_cap)
+        if budget is not None:
+            order = _within_budget(order, part.set_index("tile_id").estimated_seconds, quota_budget)
+        chosen += order
     return chosen

@@ -69,8 +69,12 @@ def cmd_select(args) -> None:
     from microal.inference.evaluate import format_table
 
     project = _project(args)
-    selection = select_round(project, k=args.k, acquisition=args.acquisition)
-    print(format_table(selection[["tile_id", "image_id", "domain", "row", "col", "score"]]))
+    selection = select_round(project, k=args.k, acquisition=args.acquisition, budget_minutes=args.minutes)
+    columns = ["tile_id", "image_id", "domain", "row", "col", "score"]
+    if "estimated_seconds" in selection:
+        columns.append("estimated_seconds")
+        print(f"{len(selection)} tiles, about {selection.estimated_seconds.sum() / 60:.1f} expert minutes")
+    print(format_table(selection[columns]))
     print(f"selection: {project.round_dir(project.current_round) / SELECTION_FILE}")
 
 
@@ -81,6 +85,10 @@ def cmd_simulate(args) -> None:
 
     ws = workspace(args)
     config = project_config(args)
+    if args.budget_minutes:
+        from microal.config import apply_overrides
+
+        config = apply_overrides(config, {"al.budget_minutes": args.budget_minutes}, source="--budget-minutes")
     sim = Simulation(
         args.initial,
         args.batch or config.al.batch_size,
@@ -180,6 +188,9 @@ def add_al(p) -> None:
     q = step("select", "choose the next batch from the score table", cmd_select)
     q.add_argument("--k", type=int, help="tiles to choose (default al.batch_size)")
     q.add_argument("--acquisition", help="which scores to rank by (default al.acquisition)")
+    q.add_argument(
+        "--minutes", type=float, help="instead of --k: as many tiles as fit this much expert time (al.budget_minutes)"
+    )
     for name, help_text, handler in (
         ("push", "queue the round's selection in Label Studio with pre-annotations", cmd_push),
         ("pull", "bring finished annotations back into the label store", cmd_pull),
@@ -200,6 +211,11 @@ def add_al(p) -> None:
     q.add_argument("--rounds", type=int, default=4)
     q.add_argument("--strategies", nargs="+", default=["bald", "entropy"], help="acquisitions (random is always added)")
     q.add_argument("--seeds", type=int, default=3)
+    q.add_argument(
+        "--budget-minutes",
+        type=float,
+        help="each round takes as many tiles as fit this much (simulated) expert time, instead of --batch",
+    )
     q.add_argument(
         "--full-pool-epochs",
         type=int,

@@ -93,9 +93,14 @@ def test_a_project_round(ray_local, tiled, synth_dir, tmp_path):
     unlabelled = project.pool.ids(UNLABELLED)
     assert set(table.tile_id) == set(unlabelled) and set(table.acquisition) == {"bald", "random"}
     assert table.model_version.eq(ensemble.version).all()
+    assert (table.predicted_boundary_px >= 0).all() and table.predicted_boundary_px.notna().all()
     selection = select_round(project)
     assert len(selection) == 4 and set(selection.tile_id) <= set(unlabelled)
     assert (project.round_dir(0) / "selection.csv").exists()
+    # A budget in expert minutes instead of k: nothing paid yet, so the prior prices the tiles.
+    budgeted = select_round(project, budget_minutes=3)
+    assert 1 <= len(budgeted) and budgeted.estimated_seconds.sum() <= 180
+    assert budgeted.estimated_seconds.sum() + budgeted.estimated_seconds.min() > 180 or len(budgeted) == len(unlabelled)
 
 
 def _first_weights(path):

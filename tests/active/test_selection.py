@@ -62,3 +62,20 @@ def test_settings_are_validated_and_empty_pools_are_fine():
         SelectionSettings(k=2, diversity="coreset")
     assert select_batch(_scores(), SelectionSettings(k=2), exclude=set(_scores().tile_id)) == []
     assert len(set(select_batch(_scores(), SelectionSettings(k=20, diversity="none")))) == 12
+
+
+def test_a_budget_in_expert_time_takes_the_best_tiles_that_fit():
+    scores = _scores()
+    # a0 is the best tile and the dearest (a long phase boundary); the others cost 60 s.
+    scores["estimated_seconds"] = [300.0 if t == "a0" else 60.0 for t in scores.tile_id]
+    settings = SelectionSettings(k=3, diversity="none", budget_seconds=240)
+    chosen = select_batch(scores, settings)
+    # a0 would overrun 4 minutes: passed over for the next best tiles, as many as fit.
+    assert chosen == ["a1", "a2", "a3", "b0"]
+    assert scores.set_index("tile_id").loc[chosen, "estimated_seconds"].sum() <= 240
+    enough = select_batch(scores, SelectionSettings(k=3, diversity="none", budget_seconds=420))
+    assert enough[0] == "a0" and len(enough) == 3  # 300 + 60 + 60
+    with pytest.raises(ConfigError, match="estimated_seconds"):
+        select_batch(_scores(), settings)
+    with pytest.raises(ConfigError, match="budget must be positive"):
+        SelectionSettings(k=3, budget_seconds=0)
