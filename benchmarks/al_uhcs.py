@@ -5,10 +5,11 @@ samples out of the pool), the other 16 micrographs' tiles as the pool with masks
 model (or an ensemble of k-fold members) trained per round, on CPU. Last line:
 
     al_uhcs aulc_best=<strategy>:<value> aulc_random=<value> full_pool_miou=<value>
-        frac_tiles_to_95pct=<strategy>:<f> random:<f>       (all on one line)
+        frac_tiles_to_95pct=<strategy>:<f> random:<f> aulc_gap_ci90=<lo>,<hi> minutes=<m>   (all on one line)
 
 AULC: area under held-out mIoU against labelled fraction of the pool, divided by the fraction's
-range (a mean mIoU over the curve), averaged over seeds. frac_tiles_to_95pct: the pool fraction at
+range (a mean mIoU over the curve), averaged over seeds; aulc_gap_ci90: paired bootstrap 90%
+interval over seeds of the best acquisition's lead over random. frac_tiles_to_95pct: the pool fraction at
 which mIoU first reaches 95% of the mIoU with the whole pool labelled (nan: not within the rounds).
 
 One acquisition (uncertainty: entropy of the mean prediction) against random by default, 3 seeds,
@@ -110,7 +111,8 @@ def main() -> int:
     print(f"minutes={minutes:.1f}")
     print(
         f"al_uhcs aulc_best={best.strategy}:{best.aulc:.4f} aulc_random={random.aulc:.4f} full_pool_miou={full:.4f} "
-        f"frac_tiles_to_95pct={best.strategy}:{best.frac_tiles_to_95pct:.3f} random:{random.frac_tiles_to_95pct:.3f}"
+        f"frac_tiles_to_95pct={best.strategy}:{best.frac_tiles_to_95pct:.3f} random:{random.frac_tiles_to_95pct:.3f} "
+        f"aulc_gap_ci90={best.aulc_gap_ci90_low:.4f},{best.aulc_gap_ci90_high:.4f} minutes={minutes:.1f}"
     )
     return 0
 

@@ -8,7 +8,8 @@ A project (``microal al init`` ... ``al run``), ``<workdir>/al/<name>/``::
     annotations.parquet       every annotation pulled from Label Studio
     ls_files/                 tile images Label Studio serves to experts
     rounds/round-<r>/         members.json (the ensemble), report.csv (ensemble vs members),
-                              scores.parquet + embeddings.parquet (scoring), selection.csv
+                              scores.parquet + embeddings.parquet (scoring), selection.csv,
+                              timings.json (seconds per step: pull, train, epochs, score, ...)
 
 A simulation (``microal al simulate``), ``<workdir>/al/<name>/``::
 
@@ -29,6 +30,7 @@ REPORT_FILE = "report.csv"
 SCORES_FILE = "scores.parquet"
 EMBEDDINGS_FILE = "embeddings.parquet"
 SELECTION_FILE = "selection.csv"
+TIMINGS_FILE = "timings.json"
 ROUND_PREFIX = "round-"
 
 

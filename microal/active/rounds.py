@@ -9,6 +9,7 @@ Images that came with expert masks start labelled (round 0); the others form the
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,7 +21,14 @@ import pandas as pd
 
 from microal.active.costs import CostEstimate, CostTable, SimulatedCost, boundary_pixels
 from microal.active.ensemble import MEMBERS_FILE, Ensemble, ensemble_report, train_ensemble
-from microal.active.folders import EMBEDDINGS_FILE, REPORT_FILE, SCORES_FILE, SELECTION_FILE, ProjectFolders
+from microal.active.folders import (
+    EMBEDDINGS_FILE,
+    REPORT_FILE,
+    SCORES_FILE,
+    SELECTION_FILE,
+    TIMINGS_FILE,
+    ProjectFolders,
+)
 from microal.active.pool import LABELLED, QUEUED, REJECTED, UNLABELLED, Pool
 from microal.active.scoring import TileScorer, score_table
 from microal.active.selection import SelectionSettings, select_batch
@@ -30,7 +38,8 @@ from microal.data.labels import LabelStore
 from microal.data.splits import EXCLUDED, TEST, held_out_splits
 from microal.data.tiles import TileSet, load_tiles
 from microal.errors import MicroalError
-from microal.files import atomic_path
+from microal.files import atomic_path, write_text_atomic
+from microal.models.model_file import read_history
 
 
 def image_held_out_splits(tileset: TileSet, config: ProjectConfig) -> pd.Series:
@@ -272,28 +281,51 @@ class RoundOutcome:
         return float(self.report.miou.iloc[0]) if self.report is not None else float("nan")
 
 
+def _epoch_seconds(ensemble: Ensemble) -> float:
+    """Time inside the training epochs of a round: the members train side by side, so the
+    longest member's sum of epoch times (from the histories its last checkpoint carries)."""
+    totals = []
+    for member in ensemble.members:
+        last = Path(member).with_name(Path(member).name.replace("best_", "last_", 1))
+        history = read_history(last if last.exists() else member)
+        totals.append(sum(float(row.get("epoch_seconds", 0.0)) for row in history))
+    return max(totals, default=0.0)
+
+
+def write_timings(project: ALProject, round_: int, seconds: dict[str, float]) -> None:
+    """rounds/round-<r>/timings.json: where a round's time went (merged with what is there)."""
+    path = project.round_dir(round_) / TIMINGS_FILE
+    known = json.loads(path.read_text()) if path.exists() else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({**known, **{k: round(float(v), 3) for k, v in seconds.items()}}, indent=2))
+
+
 def run_round(
     project: ALProject,
     labeller: Labeller,
     address: str | None = None,
     members: Ensemble | None = None,
     select: bool = True,
+    seconds: dict[str, float] | None = None,
 ) -> RoundOutcome:
     """One round, whoever labels: train (or reuse, or take `members`) the current round's
     ensemble on everything labelled, measure it on the held-out tiles, score the pool, select
     a batch and hand it to `labeller`. Without `select` (a last round), or with nothing left
-    unlabelled, it stops after the ensemble."""
+    unlabelled, it stops after the ensemble. The time of each step goes into the round's
+    timings.json, with `seconds` the caller measured before (e.g. the pull that started it)."""
     round_ = project.current_round
-    seconds: dict[str, float] = {}
+    seconds = dict(seconds or {})
     started = time.perf_counter()
     ensemble, report = train_round_ensemble(project, address=address, members=members)
     seconds["train"] = time.perf_counter() - started
     if ensemble.fits:  # trained now (not reused): what the loops took, and what Ray's start-up took
         seconds["fits"] = len(ensemble.fits)
+        seconds["epochs"] = _epoch_seconds(ensemble)
         seconds["loops"] = max(f.loop_seconds for f in ensemble.fits)
         seconds["ray_per_fit"] = float(np.mean([f.ray_seconds for f in ensemble.fits]))
     outcome = RoundOutcome(round_, ensemble, report, seconds=seconds)
     if not select or not project.pool.ids(UNLABELLED):
+        write_timings(project, round_, seconds)
         return outcome
     ray_backend.init_ray(address)
     started = time.perf_counter()
@@ -305,4 +337,5 @@ def run_round(
     started = time.perf_counter()
     outcome.handed_over = labeller.hand_over(project, outcome.selection, ensemble)
     seconds["hand_over"] = time.perf_counter() - started
+    write_timings(project, round_, seconds)
     return outcome

@@ -181,31 +181,63 @@ def full_pool_references(
     return mious
 
 
+def aulc_by_seed(curve: pd.DataFrame) -> pd.DataFrame:
+    """Normalised area under each run's learning curve (mean mIoU over the labelled fraction
+    axis): one row per seed, one column per strategy."""
+    rows = []
+    for (strategy, seed), run in curve.groupby(["strategy", "seed"]):
+        run = run.sort_values("pool_fraction")
+        x, y = run.pool_fraction.to_numpy(), run.miou.to_numpy()
+        aulc = float(np.trapezoid(y, x) / (x[-1] - x[0])) if len(x) > 1 else float(y[0])
+        rows.append({"strategy": strategy, "seed": seed, "aulc": aulc})
+    return pd.DataFrame(rows).pivot(index="seed", columns="strategy", values="aulc")
+
+
+def aulc_gap_interval(
+    curve: pd.DataFrame, strategy: str, baseline: str = "random", level: float = 0.9, resamples: int = 10_000
+) -> tuple[float, float, float]:
+    """The AULC lead of `strategy` over `baseline` (mean over seeds) and its paired bootstrap
+    interval: seeds are resampled with replacement and each keeps its own pair, since a seed fixes
+    the starting tiles both strategies share. With few seeds the interval is optimistic (a
+    bootstrap cannot see spread the seeds did not show); it is a floor on the uncertainty."""
+    table = aulc_by_seed(curve)[[strategy, baseline]].dropna()
+    gaps = (table[strategy] - table[baseline]).to_numpy()
+    rng = np.random.default_rng(0)
+    means = gaps[rng.integers(0, len(gaps), size=(resamples, len(gaps)))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(gaps.mean()), float(low), float(high)
+
+
 def summarise(curve: pd.DataFrame, full_pool_miou: float) -> pd.DataFrame:
     """Per strategy: normalised area under the learning curve (mean mIoU over the labelled
-    fraction axis, averaged over seeds) and the pool fraction at which the strategy's mean curve
-    over seeds first reaches 95% of the full-pool mIoU (and how many single seeds do)."""
+    fraction axis, averaged over seeds), its lead over random with a paired bootstrap 90%
+    interval over seeds, and the pool fraction (and simulated expert seconds) at which the
+    strategy's mean curve over seeds, round by round, first reaches 95% of the full-pool mIoU
+    (and how many single seeds do)."""
     threshold = 0.95 * full_pool_miou
+    aulcs = aulc_by_seed(curve)
     rows = []
     for strategy, part in curve.groupby("strategy"):
-        aulcs, seeds_reaching = [], 0
-        for _, run in part.groupby("seed"):
-            run = run.sort_values("pool_fraction")
-            x, y = run.pool_fraction.to_numpy(), run.miou.to_numpy()
-            aulcs.append(float(np.trapezoid(y, x) / (x[-1] - x[0])) if len(x) > 1 else float(y[0]))
-            seeds_reaching += int((y >= threshold).any())
-        mean_curve = part.groupby("pool_fraction").miou.mean().sort_index()
-        reached = mean_curve[mean_curve >= threshold]
-        rows.append(
-            {
-                "strategy": strategy,
-                "aulc": float(np.mean(aulcs)),
-                "aulc_std": float(np.std(aulcs)),
-                "frac_tiles_to_95pct": float(reached.index[0]) if len(reached) else float("nan"),
-                "seeds_reaching_95pct": seeds_reaching,
-                "seeds": len(aulcs),
-            }
-        )
+        seeds_reaching = sum(int((run.miou >= threshold).any()) for _, run in part.groupby("seed"))
+        columns = {"pool_fraction": ("pool_fraction", "mean"), "miou": ("miou", "mean")}
+        if "expert_seconds" in part:
+            columns["expert_seconds"] = ("expert_seconds", "mean")
+        mean_curve = part.groupby("round").agg(**columns).sort_index()
+        reached = mean_curve[mean_curve.miou >= threshold]
+        row = {
+            "strategy": strategy,
+            "aulc": float(aulcs[strategy].mean()),
+            "aulc_std": float(aulcs[strategy].std(ddof=0)),
+            "frac_tiles_to_95pct": float(reached.pool_fraction.iloc[0]) if len(reached) else float("nan"),
+            "seeds_reaching_95pct": seeds_reaching,
+            "seeds": int(aulcs[strategy].notna().sum()),
+        }
+        if "expert_seconds" in mean_curve:
+            row["expert_seconds_to_95pct"] = float(reached.expert_seconds.iloc[0]) if len(reached) else float("nan")
+        if strategy != "random" and "random" in aulcs:
+            row["aulc_gap"], row["aulc_gap_ci90_low"], row["aulc_gap_ci90_high"] = aulc_gap_interval(curve, strategy)
+        rows.append(row)
     return pd.DataFrame(rows).sort_values("aulc", ascending=False).reset_index(drop=True)
 
 

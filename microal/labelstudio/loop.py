@@ -10,6 +10,7 @@ restarting the loop, or restarting Label Studio, loses no annotation and creates
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -303,11 +304,14 @@ class LabelStudioLabeller:
         return self.last_push.created + self.last_push.already_there
 
 
-def run_round(project: ALProject, target: LabelStudioTarget, address: str | None = None) -> tuple[int, PushReport]:
+def run_round(
+    project: ALProject, target: LabelStudioTarget, address: str | None = None, pull_seconds: float | None = None
+) -> tuple[int, PushReport]:
     """The shared round with the experts as labeller: train on everything labelled, score,
-    select, push."""
+    select, push (`pull_seconds`: the pull that started it, for the round's timings)."""
     labeller = LabelStudioLabeller(target)
-    outcome = rounds.run_round(project, labeller, address=address)
+    before = {} if pull_seconds is None else {"pull": pull_seconds}
+    outcome = rounds.run_round(project, labeller, address=address, seconds=before)
     if outcome.report is not None:
         print(
             f"round {outcome.round}: held-out mIoU ensemble {outcome.heldout_miou:.4f}, members "
@@ -320,7 +324,7 @@ def run_round(project: ALProject, target: LabelStudioTarget, address: str | None
     print(
         f"round {outcome.round}: queued {len(pushed.created)} tiles in Label Studio "
         f"({len(pushed.already_there)} found there already); "
-        + ", ".join(f"{k} {v:.1f} s" for k, v in outcome.seconds.items() if k not in ("fits",)),
+        + ", ".join(f"{k} {v:.1f} s" for k, v in outcome.seconds.items() if k != "fits"),
         flush=True,
     )
     return outcome.round, pushed
@@ -340,7 +344,9 @@ def run_loop(
     settings = project.config.labelstudio
     stop = stop or threading.Event()
     while not stop.is_set():
+        started = time.perf_counter()
         pulled = pull(project, target)
+        pull_seconds = time.perf_counter() - started
         if pulled.labelled or pulled.rejected or pulled.updated:
             print(
                 f"pulled: {len(pulled.labelled)} labelled, {len(pulled.updated)} updated, "
@@ -353,7 +359,7 @@ def run_loop(
         new = int(((table.state == LABELLED) & (table["round"] > (last if last is not None else -1))).sum())
         queued = int((table.state == QUEUED).sum())
         if last is None or new >= settings.min_new_annotations or (queued == 0 and new > 0):
-            round_, _ = run_round(project, target, address)
+            round_, _ = run_round(project, target, address, pull_seconds=pull_seconds)
             if until_round is not None and round_ >= until_round:
                 break
             continue

@@ -15,7 +15,7 @@ from microal.active.rounds import (
     select_round,
     train_round_ensemble,
 )
-from microal.active.simulate import Simulation, simulate, summarise
+from microal.active.simulate import Simulation, aulc_gap_interval, simulate, summarise
 from microal.config import parse_config
 from microal.data.tiles import load_tiles
 from microal.errors import ConfigError, MicroalError
@@ -191,6 +191,7 @@ def test_summary_measures():
         {
             "strategy": ["a"] * 3 + ["random"] * 3,
             "seed": 0,
+            "round": [0, 1, 2] * 2,
             "pool_fraction": [0.1, 0.2, 0.3] * 2,
             "miou": [0.5, 0.7, 0.8, 0.5, 0.6, 0.7],
         }
@@ -209,6 +210,7 @@ def test_the_95_percent_fraction_is_read_off_the_mean_curve_over_seeds():
         {
             "strategy": "a",
             "seed": [0, 0, 0, 1, 1, 1],
+            "round": [0, 1, 2] * 2,
             "pool_fraction": [0.1, 0.2, 0.3] * 2,
             "miou": [0.5, 0.79, 0.8, 0.5, 0.75, 0.77],
         }
@@ -217,3 +219,22 @@ def test_the_95_percent_fraction_is_read_off_the_mean_curve_over_seeds():
     assert row.frac_tiles_to_95pct == pytest.approx(0.2)
     assert row.seeds_reaching_95pct == 2 and row.seeds == 2
     assert pd.isna(summarise(curve, full_pool_miou=0.84).iloc[0].frac_tiles_to_95pct)  # mean peaks at 0.785 < 0.798
+
+
+def test_the_aulc_gap_interval_pairs_each_seed_with_itself():
+    # Seeds differ a lot (0.3 / 0.5 / 0.7: their starting tiles), the lead over random much less
+    # (0.02 / 0.04 / 0.06): paired, the interval sees only the leads.
+    rows = []
+    for seed, (level, lead) in enumerate([(0.3, 0.02), (0.5, 0.04), (0.7, 0.06)]):
+        for strategy, miou in (("random", level), ("a", level + lead)):
+            for round_, fraction in enumerate((0.1, 0.2)):
+                rows.append(
+                    {"strategy": strategy, "seed": seed, "round": round_, "pool_fraction": fraction, "miou": miou}
+                )
+    curve = pd.DataFrame(rows)
+    gap, low, high = aulc_gap_interval(curve, "a")
+    assert gap == pytest.approx(0.04)
+    assert 0.02 <= low < 0.04 < high <= 0.06
+    summary = summarise(curve, full_pool_miou=0.9).set_index("strategy")
+    assert summary.loc["a", "aulc_gap"] == pytest.approx(0.04) and summary.loc["a", "aulc_gap_ci90_low"] == low
+    assert pd.isna(summary.loc["random", "aulc_gap"])

@@ -6,6 +6,7 @@ pre-annotations, experts annotate through the API, pull, two annotators, flags a
 headless Chromium.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -207,7 +208,11 @@ def test_the_oracle_and_the_experts_run_the_same_round_on_the_same_pool(loop, se
     assert (costs.source == "simulated").all() and (costs.seconds >= 30).all()
     queued = experts_project.pool.table.set_index("tile_id").loc[chosen]
     assert (queued.state == QUEUED).all() and (queued["round"] == 1).all() and queued.task_id.notna().all()
-    assert {"train", "score", "select", "hand_over", "loops", "ray_per_fit"} <= set(oracle.seconds)
+    assert {"train", "epochs", "score", "select", "hand_over", "loops", "ray_per_fit"} <= set(oracle.seconds)
+    written = json.loads((oracle_project.round_dir(0) / "timings.json").read_text())
+    assert written["train"] == pytest.approx(oracle.seconds["train"], abs=1e-3)
+    assert 0 < written["epochs"] <= written["loops"] <= written["train"]
+    assert "epochs" not in experts.seconds  # the experts' round took the oracle's ensemble: nothing trained
 
     for tile_id, task_id in zip(queued.index, queued.task_id.astype(int)):
         mask = _truth(experts_project, tile_id)
