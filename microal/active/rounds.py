@@ -140,7 +140,7 @@ def train_round_ensemble(
     if members is not None:
         folder.mkdir(parents=True, exist_ok=True)
         members.save(folder)
-        ensemble = members
+        ensemble = Ensemble(members.members, members.version)  # taken, not trained here: no fits
     else:
         labelled_ids = project.pool.ids(LABELLED)
         if not labelled_ids:
