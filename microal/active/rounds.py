@@ -120,6 +120,12 @@ def load_project(root: Path, config: ProjectConfig, tiles_root: Path, seed: int 
     return ALProject(root, config, tiles_root, load_tiles(tiles_root), Pool.load(ProjectFolders(root).pool), seed)
 
 
+def heldout_counts(ensemble: Ensemble, tiles_root: Path, tiles: pd.DataFrame, config: ProjectConfig) -> np.ndarray:
+    """Pixel counts of the ensemble and each member on held-out tiles: [1 + members, 3, classes]."""
+    parts = ensemble.map_tiles(tiles_root, tiles.tile_id.tolist(), TileScorer.pixel_counts, config)
+    return np.sum(parts, axis=0)
+
+
 def previous_ensemble(project: ALProject) -> Ensemble | None:
     """The latest ensemble of an earlier round (what a warm-started round starts from)."""
     for round_ in range(project.current_round - 1, -1, -1):
@@ -160,10 +166,8 @@ def train_round_ensemble(
     report = None
     heldout = project.heldout_tiles()
     if not heldout.empty:
-        parts = ensemble.map_tiles(
-            project.tiles_root, heldout.tile_id.tolist(), TileScorer.pixel_counts, project.config
-        )
-        report = ensemble_report(np.sum(parts, axis=0), project.config.class_names)
+        counts = heldout_counts(ensemble, project.tiles_root, heldout, project.config)
+        report = ensemble_report(counts, project.config.class_names)
         with atomic_path(folder / REPORT_FILE) as tmp:
             report.to_csv(tmp, index=False)
     return ensemble, report

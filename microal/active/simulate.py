@@ -27,8 +27,14 @@ from microal.active.ensemble import Ensemble, train_ensemble
 from microal.active.folders import ProjectFolders, SimulationFolders
 from microal.active.labellers import OracleLabeller
 from microal.active.pool import LABELLED
-from microal.active.rounds import ALProject, create_project, image_held_out_splits, load_project, run_round
-from microal.active.scoring import TileScorer
+from microal.active.rounds import (
+    ALProject,
+    create_project,
+    heldout_counts,
+    image_held_out_splits,
+    load_project,
+    run_round,
+)
 from microal.backend import ray as ray_backend
 from microal.config import ProjectConfig, apply_overrides
 from microal.data.splits import TEST, TRAIN
@@ -68,11 +74,6 @@ def pool_and_test_tiles(tileset: TileSet, config: ProjectConfig) -> tuple[pd.Dat
     if test.empty:
         raise ConfigError("al simulate: the split holds out no test image (split.test) to measure mIoU on")
     return pool.reset_index(drop=True), test.reset_index(drop=True)
-
-
-def heldout_counts(ensemble: Ensemble, tiles_root: Path, test: pd.DataFrame, config: ProjectConfig) -> np.ndarray:
-    parts = ensemble.map_tiles(tiles_root, test.tile_id.tolist(), TileScorer.pixel_counts, config)
-    return np.sum(parts, axis=0)
 
 
 def _append_curve(folders: SimulationFolders, row: dict) -> pd.DataFrame:
