@@ -54,6 +54,9 @@ class Crop(_Strict):
     right: int = Field(0, ge=0)
 
 
+CROP_FIELDS = ("crop_top", "crop_bottom", "crop_left", "crop_right")  # per-image crop, from a manifest
+
+
 class IngestConfig(_Strict):
     # Manifest column -> microal field. Fields: image, mask, um_per_px, magnification,
     # detector, etching, sample, domain. Other manifest columns are kept as free metadata.
@@ -67,7 +70,15 @@ class IngestConfig(_Strict):
     # (e.g. NASA masks paint phases over a grey copy of the image), or are an error when it is None.
     mask_colors: list[MaskColor] = Field(default_factory=list)
     unmatched_color_class: str | None = None
+    # Cut before anything else is read (the colour check included). A manifest's crop_top,
+    # crop_bottom, crop_left, crop_right columns give it per image instead.
     crop: Crop = Field(default_factory=Crop)
+    # Masks are cropped like their image when they have the uncropped image's size (None: decide
+    # per mask by its size); True/False force it.
+    crop_masks: bool | None = None
+    # Find an instrument's info band at the bottom of each image (rows unlike the micrograph:
+    # colour, flat background, or far outside the image's row statistics) and cut it.
+    detect_info_band: bool = False
     # Pixel size: from a manifest column, from magnification x calibration, or one value for all.
     um_per_px: float | None = Field(None, gt=0)
     calibration_um_per_px_at_1x: float | None = Field(None, gt=0)
@@ -80,7 +91,7 @@ class IngestConfig(_Strict):
     @field_validator("columns")
     @classmethod
     def _known_fields(cls, value: dict[str, str]):
-        known = {"image", "mask", "um_per_px", "magnification", "detector", "etching", "sample", "domain"}
+        known = {"image", "mask", "um_per_px", "magnification", "detector", "etching", "sample", "domain", *CROP_FIELDS}
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"unknown field(s) {unknown}; valid: {sorted(known)}")

@@ -18,13 +18,13 @@ from microal.backend import ray as ray_backend
 from microal.config import ProjectConfig, apply_overrides
 from microal.errors import MicroalError
 from microal.files import write_text_atomic
+from microal.inference.predict import MEMBERS_FILE
 from microal.models.metrics import PixelCounts
 from microal.models.model_file import MODEL_FILE, read_metrics
 from microal.training.jobs import JOB_KINDS, run_spec, tiles_job, worker_cpus
 from microal.training.payloads import LabelledTiles
 from microal.training.search import RESULTS_FILE
 
-MEMBERS_FILE = "members.json"
 SCORING_THREADS = 1  # torch threads per scoring actor (and the CPUs it reserves)
 
 

@@ -10,19 +10,26 @@ from microal.errors import MicroalError
 
 def cmd_predict(args) -> None:
     from microal.data.catalog import read_catalog
-    from microal.inference.predict import PREDICTIONS_TABLE, predict_catalog
+    from microal.inference.predict import PREDICTIONS_TABLE, member_model_files, predict_catalog, select_images
     from microal.models.model_file import MODEL_FILE
 
     ws = workspace(args)
-    model = Path(args.model) if args.model else ws.run(args.name) / f"best_{MODEL_FILE}"
-    catalog = read_catalog(ws.catalog)
+    if args.ensemble:
+        models = member_model_files(args.ensemble)
+    else:
+        models = [Path(args.model) if args.model else ws.run(args.name) / f"best_{MODEL_FILE}"]
+    catalog = select_images(read_catalog(ws.catalog), models[0], split=args.split, images=args.images)
     if args.domain:
         catalog = catalog[catalog.domain.isin(args.domain)]
     if catalog.empty:
         raise MicroalError("no catalog image matches the selection")
     out = Path(args.out) if args.out else ws.predictions(args.name)
-    table = predict_catalog(model, catalog, out)
-    print(f"wrote {len(table)} masks to {out / 'masks'}; phase fractions: {out / PREDICTIONS_TABLE}")
+    table = predict_catalog(models, catalog, out)
+    members = f" with an ensemble of {len(models)}" if len(models) > 1 else ""
+    print(
+        f"wrote {len(table)} masks{members} to {out / 'masks'}, uncertainty maps to {out / 'uncertainty'}; "
+        f"phase fractions with 95% intervals: {out / PREDICTIONS_TABLE}"
+    )
 
 
 def cmd_evaluate(args) -> None:
@@ -68,6 +75,19 @@ def cmd_compare(args) -> None:
 def add_predict(p) -> None:
     p.add_argument("--name", default="run", help="run whose best model to use")
     p.add_argument("--model", help="a model file instead of the run's best_model.pt")
+    p.add_argument(
+        "--ensemble",
+        nargs="+",
+        metavar="PATH",
+        help="predict with the members' mean probabilities: model files, run folders, or an active-learning "
+        "round folder (its members.json)",
+    )
+    p.add_argument(
+        "--split",
+        choices=["train", "val", "test", "unlabelled"],
+        help="only the images of this split of the model's run (unlabelled: images without a mask)",
+    )
+    p.add_argument("--images", nargs="+", metavar="NAME", help="only these images (file names or stems)")
     p.add_argument("--domain", nargs="*", help="only images of these domains")
     p.add_argument("--out", help="output folder (default <workdir>/predictions/NAME)")
 

@@ -15,8 +15,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from microal.config import IngestConfig, ProjectConfig
-from microal.data.imageio import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_image, read_mask
+from microal.config import CROP_FIELDS, Crop, IngestConfig, ProjectConfig
+from microal.data.imageio import (
+    IMAGE_EXTENSIONS,
+    MASK_EXTENSIONS,
+    detect_info_band,
+    read_image,
+    read_mask,
+    read_raw,
+)
 from microal.errors import InputError
 from microal.files import atomic_path
 
@@ -34,6 +41,11 @@ CATALOG_COLUMNS = [
     "etching",
     "sample",
     "domain",
+    "crop_top",  # the pixels cut off each edge of the stored image before anything else
+    "crop_bottom",
+    "crop_left",
+    "crop_right",
+    "mask_cropped",  # whether the mask was cut too (it had the uncropped image's size)
 ]
 ID_LENGTH = 16
 
@@ -99,7 +111,9 @@ def _entries_from_manifest(manifest: Path, ingest: IngestConfig) -> list[_Entry]
         table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise InputError(manifest, f"cannot read CSV manifest ({error})") from None
-    mapping = {"image": "image", "mask": "mask", **ingest.columns}
+    # Per-image crop columns are taken under their own names unless the config maps them.
+    mapping = {"image": "image", "mask": "mask", **{f: f for f in CROP_FIELDS if f in table.columns}}
+    mapping.update(ingest.columns)
     if mapping["image"] not in table.columns:
         raise InputError(manifest, f"manifest has no image column {mapping['image']!r}; columns: {list(table.columns)}")
     for fieldname, column in mapping.items():
@@ -133,11 +147,53 @@ def _pixel_size(entry: _Entry, ingest: IngestConfig) -> tuple[float | None, floa
     return ingest.um_per_px, magnification
 
 
+def _image_crop(entry: _Entry, ingest: IngestConfig) -> Crop:
+    """The config's crop, edges given per image by the manifest replacing it, and a detected
+    info band (ingest.detect_info_band) cut when it is taller than the bottom crop."""
+    edges = ingest.crop.model_dump()
+    for field_name in CROP_FIELDS:
+        text = str(entry.fields.get(field_name) or "").strip()
+        if not text:
+            continue
+        try:
+            value = int(float(text))
+        except ValueError:
+            raise InputError(entry.image, f"{field_name} {text!r} is not a whole number of pixels") from None
+        if value < 0 or value != float(text):
+            raise InputError(entry.image, f"{field_name} must be a whole number >= 0, got {text!r}")
+        edges[field_name.removeprefix("crop_")] = value
+    if ingest.detect_info_band:
+        edges["bottom"] = max(edges["bottom"], detect_info_band(entry.image))
+    return Crop(**edges)
+
+
+def _mask_crop(entry: _Entry, crop: Crop, raw_shape: tuple[int, int], shape: tuple[int, int], ingest) -> Crop:
+    """Cut the mask like its image when it has the uncropped image's size (or crop_masks says so);
+    a mask drawn on the cropped image is taken as it is."""
+    if crop == Crop() or ingest.crop_masks is not None:
+        return crop if ingest.crop_masks is not False else Crop()
+    mask_shape = read_raw(entry.mask).shape[:2]
+    if mask_shape == raw_shape:
+        return crop
+    if mask_shape == shape:
+        return Crop()
+    raise InputError(
+        entry.mask,
+        f"mask size {mask_shape[1]}x{mask_shape[0]} is neither its image's {raw_shape[1]}x{raw_shape[0]} "
+        f"nor the cropped {shape[1]}x{shape[0]} ({entry.image.name})",
+    )
+
+
 def _row(entry: _Entry, config: ProjectConfig) -> dict[str, object]:
     ingest = config.ingest
-    image = read_image(entry.image, ingest)
+    crop = _image_crop(entry, ingest)
+    image = read_image(entry.image, ingest, crop=crop)
+    shape = image.shape
+    raw_shape = (shape[0] + crop.top + crop.bottom, shape[1] + crop.left + crop.right)
+    mask_crop = Crop()
     if entry.mask is not None:
-        mask = read_mask(entry.mask, config.classes, ingest)
+        mask_crop = _mask_crop(entry, crop, raw_shape, shape, ingest)
+        mask = read_mask(entry.mask, config.classes, ingest, crop=mask_crop)
         if mask.shape != image.shape:
             raise InputError(
                 entry.mask,
@@ -159,6 +215,8 @@ def _row(entry: _Entry, config: ProjectConfig) -> dict[str, object]:
         "etching": entry.fields.get("etching") or ingest.etching,
         "sample": entry.fields.get("sample") or entry.image.stem,
         "domain": entry.fields.get("domain") or ingest.domain,
+        **{f"crop_{edge}": value for edge, value in crop.model_dump().items()},
+        "mask_cropped": mask_crop != Crop(),
     }
     for column, value in entry.extra.items():
         row[column if column not in row else f"meta_{column}"] = value

@@ -79,15 +79,79 @@ def scale_to_unit(array: np.ndarray, path: Path) -> np.ndarray:
     raise InputError(path, f"unsupported pixel type {array.dtype}; expected 8- or 16-bit")
 
 
-def read_image(path: str | Path, ingest: IngestConfig | None = None) -> np.ndarray:
-    """A micrograph as a 2-D float32 array in [0, 1], cropped as the config says."""
+def read_image(path: str | Path, ingest: IngestConfig | None = None, crop: Crop | None = None) -> np.ndarray:
+    """A micrograph as a 2-D float32 array in [0, 1], cut by `crop` (default: the config's) first,
+    so that an info band's colours do not count as a colour micrograph."""
     ingest = ingest or IngestConfig()
     path = Path(path)
     raw = read_raw(path)
     if raw.size == 0:
         raise InputError(path, "image has no pixels")
-    gray = _to_gray(raw, path, ingest.color_images)
-    return scale_to_unit(_crop(gray, ingest.crop, path), path)
+    cropped = _crop(raw, ingest.crop if crop is None else crop, path)
+    return scale_to_unit(_to_gray(cropped, path, ingest.color_images), path)
+
+
+def catalog_crop(row, ingest: IngestConfig) -> Crop:
+    """The crop ingest decided for a catalog row's image (older catalogs: the config's)."""
+    if "crop_top" not in row or row.crop_top is None or row.crop_top != row.crop_top:  # absent or NaN
+        return ingest.crop
+    return Crop(top=int(row.crop_top), bottom=int(row.crop_bottom), left=int(row.crop_left), right=int(row.crop_right))
+
+
+def catalog_mask_crop(row, ingest: IngestConfig) -> Crop:
+    """The crop for a catalog row's mask: the image's when the mask had the uncropped size."""
+    if "mask_cropped" not in row or row.mask_cropped is None or row.mask_cropped != row.mask_cropped:
+        return ingest.crop
+    return catalog_crop(row, ingest) if bool(row.mask_cropped) else Crop()
+
+
+def read_catalog_image(row, ingest: IngestConfig) -> np.ndarray:
+    """A catalog row's micrograph, cut as ingest decided."""
+    return read_image(row.image_path, ingest, crop=catalog_crop(row, ingest))
+
+
+def read_catalog_mask(row, classes: list[ClassSpec], ingest: IngestConfig) -> np.ndarray:
+    """A catalog row's expert mask, cut as ingest decided."""
+    return read_mask(row.mask_path, classes, ingest, crop=catalog_mask_crop(row, ingest))
+
+
+def detect_info_band(path: str | Path, max_fraction: float = 0.35) -> int:
+    """Height of an instrument's info band at the bottom of an image (0: none found).
+
+    A band row differs from the micrograph: it has colour where the micrograph is grey, or most
+    of its pixels share one value (a flat background behind text), or its mean lies far outside
+    the spread of the upper half's row means. The band is the run of such rows from the bottom
+    (single micrograph-like rows inside it, e.g. through text, are bridged), at most
+    `max_fraction` of the height and at least 3 rows.
+    """
+    path = Path(path)
+    raw = read_raw(path)
+    if raw.ndim == 3 and raw.shape[0] in (3, 4) and raw.shape[2] not in (3, 4):
+        raw = np.moveaxis(raw, 0, -1)
+    rgb = raw[..., :3].astype(np.float64) if raw.ndim == 3 else raw.astype(np.float64)[..., None]
+    gray = rgb.mean(-1)
+    h = gray.shape[0]
+    colour_pixels = np.ptp(rgb, axis=-1) > 0.04 * max(float(rgb.max()), 1.0)
+    coloured = colour_pixels.mean(1) > 0.02
+    if colour_pixels[: h // 2].mean() > 0.02:
+        coloured[:] = False  # a colour micrograph: colour says nothing about the band
+    modal_share = np.array([np.unique(r, return_counts=True)[1].max() / r.size for r in gray])
+    typical_share = np.median(modal_share[: h // 2])
+    flat = modal_share > max(0.5, 3 * typical_share)
+    means = gray.mean(1)
+    centre = np.median(means[: h // 2])
+    spread = 1.4826 * np.median(np.abs(means[: h // 2] - centre)) + 1e-3 * max(float(gray.max()), 1.0)
+    outlying = np.abs(means - centre) > 6 * spread
+    band_like = coloured | flat | outlying
+    height, gap = 0, 0
+    for row in range(h - 1, max(-1, h - 1 - int(max_fraction * h)), -1):
+        if band_like[row]:
+            height, gap = h - row, 0
+        else:
+            gap += 1
+            if gap > 2:
+                break
+    return height if height >= 3 else 0
 
 
 def _decode_color_mask(raw: np.ndarray, path: Path, classes: list[ClassSpec], ingest: IngestConfig) -> np.ndarray:
@@ -116,12 +180,15 @@ def _decode_color_mask(raw: np.ndarray, path: Path, classes: list[ClassSpec], in
     return mask
 
 
-def read_mask(path: str | Path, classes: list[ClassSpec], ingest: IngestConfig | None = None) -> np.ndarray:
-    """A mask as a 2-D uint8 array of class indices; values outside the class table are an error."""
+def read_mask(
+    path: str | Path, classes: list[ClassSpec], ingest: IngestConfig | None = None, crop: Crop | None = None
+) -> np.ndarray:
+    """A mask as a 2-D uint8 array of class indices, cut by `crop` (default: the config's) first;
+    values outside the class table are an error."""
     ingest = ingest or IngestConfig()
     class_names = [c.name for c in classes]
     path = Path(path)
-    raw = read_raw(path)
+    raw = _crop(read_raw(path), ingest.crop if crop is None else crop, path)
     if ingest.mask_encoding == "color":
         mask = _decode_color_mask(raw, path, classes, ingest)
     else:
@@ -146,4 +213,4 @@ def read_mask(path: str | Path, classes: list[ClassSpec], ingest: IngestConfig |
                 f"(valid: 0..{len(class_names) - 1} for {class_names})",
             )
         mask = raw.astype(np.uint8)
-    return _crop(mask, ingest.crop, path)
+    return mask

@@ -24,7 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from microal.config import PreprocessConfig, ProjectConfig, TilingConfig
-from microal.data.imageio import read_image, read_mask
+from microal.data.imageio import read_catalog_image, read_catalog_mask
 from microal.data.preprocess import domain_stats, image_stats, normalisation_table, prepare_intensities
 from microal.data.tiling import TileGrid, resample_image, resample_mask, scale_factor
 from microal.errors import InputError
@@ -69,7 +69,7 @@ def _check_pixel_sizes(catalog: pd.DataFrame, tiling: TilingConfig) -> None:
 def _tile_one(row: pd.Series, config: ProjectConfig, arrays: Path) -> tuple[dict, list[dict]]:
     tiling = config.tiling
     factor = scale_factor(row.um_per_px, tiling)
-    image = read_image(row.image_path, config.ingest)
+    image = read_catalog_image(row, config.ingest)
     if image.shape != (row.height, row.width):
         raise InputError(row.image_path, "image changed since ingest; run `microal ingest` again")
     image = prepare_intensities(image, str(row.domain), config.preprocess)
@@ -78,7 +78,7 @@ def _tile_one(row: pd.Series, config: ProjectConfig, arrays: Path) -> tuple[dict
     np.save(arrays / f"{row.image_id}.image.npy", grid.pad_image(resampled).astype(np.float32))
     labelled = bool(row.labelled)
     if labelled:
-        mask = resample_mask(read_mask(row.mask_path, config.classes, config.ingest), shape=resampled.shape)
+        mask = resample_mask(read_catalog_mask(row, config.classes, config.ingest), shape=resampled.shape)
         np.save(arrays / f"{row.image_id}.mask.npy", grid.pad_mask(mask))
     mean, std = image_stats(resampled)
     # Every catalog column travels along, so splits and reports can use any metadata.

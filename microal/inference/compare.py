@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from microal.config import ProjectConfig
-from microal.data.imageio import read_image, read_mask, read_raw
+from microal.data.imageio import read_catalog_image, read_catalog_mask, read_raw
 from microal.files import atomic_path
 from microal.inference.evaluate import evaluate_predictions
 from microal.inference.predict import predict_catalog
@@ -52,8 +52,8 @@ def compare_runs(
         rows.append(
             (
                 f"{row.image_name} ({row.domain})",
-                read_image(row.image_path, config.ingest),
-                read_mask(row.mask_path, config.classes, config.ingest),
+                read_catalog_image(row, config.ingest),
+                read_catalog_mask(row, config.classes, config.ingest),
                 masks,
             )
         )

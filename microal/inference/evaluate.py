@@ -11,7 +11,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from microal.config import ProjectConfig
-from microal.data.imageio import read_image, read_mask, read_raw
+from microal.data.imageio import read_catalog_image, read_catalog_mask, read_raw
 from microal.errors import InputError, MicroalError
 from microal.files import atomic_path
 from microal.inference.predict import PREDICTION_INFO, PREDICTIONS_TABLE
@@ -52,7 +52,7 @@ def evaluate_predictions(
     names = config.class_names
     rows, counts_by_group = [], {}
     for _, row in tqdm(merged.iterrows(), total=len(merged), desc="evaluate", unit="image", disable=not progress):
-        truth = read_mask(row.mask_path, config.classes, config.ingest)
+        truth = read_catalog_mask(row, config.classes, config.ingest)
         mask_path = predictions_dir / row.mask_file
         pred = read_raw(mask_path)
         if pred.shape != truth.shape:
@@ -74,7 +74,7 @@ def evaluate_predictions(
             }
         )
         if overlays:
-            image = read_image(row.image_path, config.ingest)
+            image = read_catalog_image(row, config.ingest)
             overlay(
                 image,
                 pred,

@@ -16,10 +16,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from microal.data.datasets import standardise
-from microal.data.imageio import read_image
+from microal.data.imageio import read_catalog_image
 from microal.data.preprocess import image_stats, prepare_intensities
 from microal.data.tiling import TileGrid, resample_image, resample_probabilities, scale_factor
-from microal.errors import InputError
+from microal.errors import InputError, MicroalError
 from microal.files import atomic_path, write_text_atomic
 from microal.models.domain_bn import domain_statistics
 from microal.models.metrics import phase_fractions
@@ -27,6 +27,7 @@ from microal.models.model_file import LoadedModel, load_model
 
 PREDICTIONS_TABLE = "predictions.csv"
 PREDICTION_INFO = "prediction_info.json"  # which model made the predictions
+MEMBERS_FILE = "members.json"  # an ensemble's member files (written by microal.active.ensemble)
 
 
 @torch.no_grad()
@@ -69,36 +70,155 @@ def write_mask_png(mask: np.ndarray, path: Path) -> None:
         Image.fromarray(mask.astype(np.uint8)).save(tmp, format="PNG")
 
 
+def normalised_entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy of a [C, H, W] distribution divided by log C: 0 = certain, 1 = uniform."""
+    entropy = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(0)
+    return entropy / np.log(probs.shape[0])
+
+
+def block_class_counts(mask: np.ndarray, num_classes: int, block: int) -> np.ndarray:
+    """Pixels of each class in each block x block square of `mask`: [blocks, C]."""
+    h, w = mask.shape
+    rows, cols = -(-h // block), -(-w // block)
+    block_index = (np.arange(h)[:, None] // block) * cols + (np.arange(w)[None, :] // block)
+    flat = block_index.ravel() * num_classes + mask.ravel().astype(np.int64)
+    return np.bincount(flat, minlength=rows * cols * num_classes).reshape(rows * cols, num_classes)
+
+
+def fraction_interval(
+    member_masks: list[np.ndarray], num_classes: int, block: int, draws: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """95% interval of each phase fraction: each draw takes one member at random (the models'
+    disagreement) and resamples the image's blocks with replacement (how much the fraction
+    depends on which part of the field of view was imaged)."""
+    counts = np.stack([block_class_counts(m, num_classes, block) for m in member_masks])  # [M, B, C]
+    members, blocks = counts.shape[:2]
+    member = rng.integers(members, size=draws)
+    chosen = rng.integers(blocks, size=(draws, blocks))
+    totals = counts[member[:, None], chosen].sum(1).astype(np.float64)  # [draws, C]
+    fractions = totals / np.maximum(totals.sum(1, keepdims=True), 1)
+    return np.percentile(fractions, 2.5, axis=0), np.percentile(fractions, 97.5, axis=0)
+
+
+def member_model_files(paths: list[str | Path]) -> list[Path]:
+    """Model files from what a user names: model files, run folders (their best model), or
+    folders with an ensemble's members.json (an active-learning round)."""
+    from microal.models.model_file import MODEL_FILE
+
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir() and (path / MEMBERS_FILE).exists():
+            files += [Path(m) for m in json.loads((path / MEMBERS_FILE).read_text())["members"]]
+        elif path.is_dir():
+            if not (path / f"best_{MODEL_FILE}").exists():
+                raise InputError(path, f"folder has neither best_{MODEL_FILE} (a run) nor {MEMBERS_FILE} (an ensemble)")
+            files.append(path / f"best_{MODEL_FILE}")
+        else:
+            files.append(path)
+    return files
+
+
+def _check_compatible(models: list[LoadedModel]) -> None:
+    first = models[0]
+    for other in models[1:]:
+        if other.config.class_names != first.config.class_names:
+            raise InputError(
+                other.path,
+                f"ensemble members disagree on the classes: {other.config.class_names} "
+                f"against {first.config.class_names} in {first.path}",
+            )
+
+
 def predict_catalog(
-    model_path: str | Path, catalog: pd.DataFrame, out_dir: str | Path, progress: bool = True, batch_size: int = 8
+    model_path: str | Path | list[str | Path],
+    catalog: pd.DataFrame,
+    out_dir: str | Path,
+    progress: bool = True,
+    batch_size: int = 8,
+    interval_draws: int = 1000,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Write <out>/masks/<name>.png (class indices) and the per-image phase-fraction table."""
-    model = load_model(model_path)
+    """Write <out>/masks/<name>.png (class indices), <out>/uncertainty/<name>.png (entropy of the
+    mean prediction, 0-255 for 0-1 of log C) and the per-image table: phase fractions with 95%
+    intervals and the mean uncertainty. Several model files are an ensemble (mean probabilities)."""
+    paths = model_path if isinstance(model_path, list) else [model_path]
+    models = [load_model(p) for p in paths]
+    _check_compatible(models)
+    config = models[0].config
     out_dir = Path(out_dir)
-    names = model.config.class_names
+    names = config.class_names
+    rng = np.random.default_rng(seed)
     rows = []
     for _, row in tqdm(catalog.iterrows(), total=len(catalog), desc="predict", unit="image", disable=not progress):
-        image = read_image(row.image_path, model.config.ingest)
+        image = read_catalog_image(row, config.ingest)
         um_per_px = None if pd.isna(row.um_per_px) else float(row.um_per_px)
-        probs = predict_probabilities(
-            model, image, um_per_px, batch_size, source=row.image_path, domain=str(row.domain)
-        )
+        member_probs = [
+            predict_probabilities(model, image, um_per_px, batch_size, source=row.image_path, domain=str(row.domain))
+            for model in models
+        ]
+        probs = np.mean(member_probs, axis=0)
         mask = probs.argmax(0).astype(np.uint8)
-        mask_file = out_dir / "masks" / f"{Path(row.image_name).stem}_{row.image_id[:8]}.png"
+        stem = f"{Path(row.image_name).stem}_{row.image_id[:8]}"
+        mask_file = out_dir / "masks" / f"{stem}.png"
         write_mask_png(mask, mask_file)
+        uncertainty = normalised_entropy(probs)
+        uncertainty_file = out_dir / "uncertainty" / f"{stem}.png"
+        write_mask_png(np.round(uncertainty * 255), uncertainty_file)
         fractions = phase_fractions(mask, len(names))
+        # Blocks of one tile centre at the model's scale: the unit the model sees at once.
+        factor = scale_factor(um_per_px, config.tiling) or 1.0
+        block = max(8, round(config.tiling.tile_size / factor))
+        # The ensemble's own mask and each member's: their spread is the models' disagreement.
+        masks = [mask] + ([p.argmax(0) for p in member_probs] if len(models) > 1 else [])
+        low, high = fraction_interval(masks, len(names), block, interval_draws, rng)
+        low, high = np.minimum(low, fractions), np.maximum(high, fractions)  # always holds the estimate
         rows.append(
             {
                 "image_id": row.image_id,
                 "image_name": row.image_name,
                 "domain": row.domain,
                 "mask_file": str(mask_file.relative_to(out_dir)),
+                "uncertainty_file": str(uncertainty_file.relative_to(out_dir)),
+                "mean_uncertainty": float(uncertainty.mean()),
                 **{f"fraction_{name}": float(f) for name, f in zip(names, fractions)},
+                **{f"fraction_{name}_low": float(v) for name, v in zip(names, low)},
+                **{f"fraction_{name}_high": float(v) for name, v in zip(names, high)},
             }
         )
     table = pd.DataFrame(rows)
     with atomic_path(out_dir / PREDICTIONS_TABLE) as tmp:
         table.to_csv(tmp, index=False)
-    info = {"model": str(model.path.resolve()), "epoch": model.epoch, "metrics": model.metrics}
+    info = {
+        "model": str(models[0].path.resolve()),
+        "members": [str(m.path.resolve()) for m in models],
+        "epoch": models[0].epoch,
+        "metrics": models[0].metrics,
+    }
     write_text_atomic(out_dir / PREDICTION_INFO, json.dumps(info, indent=2, default=float))
     return table
+
+
+def select_images(
+    catalog: pd.DataFrame, model_file: Path, split: str | None = None, images: list[str] | None = None
+) -> pd.DataFrame:
+    """The catalog rows to predict: one split of the model's run (train, val, test; from the
+    splits.csv beside the model), the unlabelled images, and/or images named by file name or stem."""
+    selected = catalog
+    if split == "unlabelled":
+        selected = selected[~selected.labelled.astype(bool)]
+    elif split is not None:
+        splits_path = Path(model_file).parent / "splits.csv"
+        if not splits_path.exists():
+            raise InputError(splits_path, f"--split {split}: the model's run has no splits table")
+        splits = pd.read_csv(splits_path).set_index("image_id")["split"]
+        selected = selected[selected.image_id.map(splits).eq(split)]
+    if images:
+        known = set(catalog.image_name) | {Path(n).stem for n in catalog.image_name}
+        unknown = [name for name in images if name not in known]
+        if unknown:
+            raise MicroalError(f"--images: not in the catalog: {unknown}")
+        wanted = set(images)
+        selected = selected[
+            selected.image_name.isin(wanted) | selected.image_name.map(lambda n: Path(n).stem).isin(wanted)
+        ]
+    return selected

@@ -22,7 +22,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from microal.config import ProjectConfig
-from microal.data.imageio import read_image, read_mask
+from microal.data.imageio import read_catalog_image, read_catalog_mask
 from microal.data.splits import NO_MASK, TRAIN, VAL, assign_splits
 
 # A class whose largest connected region covers this share of an image is a matrix (it surrounds
@@ -114,12 +114,12 @@ def fingerprint(
     read = pd.concat([train, val, unlabelled])
     train_ids = set(train.image_id)  # masks are read for these only
     for _, row in tqdm(read.iterrows(), total=len(read), desc="fingerprint", unit="image", disable=not progress):
-        image = read_image(row.image_path, config.ingest)
+        image = read_catalog_image(row, config.ingest)
         step = max(1, int(math.sqrt(image.size / 65536)))  # intensities from at most ~65k pixels
         intensities.setdefault(str(row.domain), []).append(image[::step, ::step].ravel())
         if row.image_id not in train_ids:
             continue
-        mask = read_mask(row.mask_path, config.classes, config.ingest)
+        mask = read_catalog_mask(row, config.classes, config.ingest)
         labelled = mask[mask < n_classes]
         counts += np.bincount(labelled, minlength=n_classes)[:n_classes]
         for label in range(n_classes):

@@ -44,6 +44,15 @@ def test_steps_one_by_one(ray_local, synth_dir, tmp_path, capsys):
     assert main(["evaluate", "-c", str(config), "--name", "cli", "--source-miou", "0.8", *work]) == 0
     out = capsys.readouterr().out
     assert "rdt" in out and "test" in out  # domain B is held out: reported as split "test"
+    run = tmp_path / "w" / "runs" / "cli"
+    held_out = pd.read_csv(run / "splits.csv").query("split == 'test'").image_id
+    out = ["--out", str(tmp_path / "ens")]
+    assert main(["predict", "--ensemble", str(run), str(run / "best_model.pt"), "--split", "test", *out, *work]) == 0
+    assert "ensemble of 2" in capsys.readouterr().out
+    predictions = pd.read_csv(tmp_path / "ens" / "predictions.csv")
+    assert set(predictions.image_id) == set(held_out) and (tmp_path / "ens" / predictions.uncertainty_file[0]).exists()
+    assert main(["predict", "--name", "cli", "--images", "nope.tif", *work]) == 2
+    assert "not in the catalog: ['nope.tif']" in capsys.readouterr().err
 
 
 def test_readme_demo_command(tmp_path):

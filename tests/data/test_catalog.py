@@ -132,3 +132,76 @@ def test_existing_catalog_survives_a_failed_ingest(tmp_path):
     with pytest.raises(InputError):
         ingest(root, CONFIG, out, progress=False)
     pd.testing.assert_frame_equal(read_catalog(out), table)
+
+
+def _banded_micrograph(height=80, width=96, band=14, seed=0):
+    """A grey SEM-like micrograph with a coloured instrument band (black, with a red scale bar and
+    green text) along the bottom, as some instruments save it."""
+    r = np.random.default_rng(seed)
+    grey = (r.normal(128, 25, (height, width)) + np.linspace(0, 30, width)).clip(0, 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    rgb[height - band :] = 0
+    rgb[height - band + 4 : height - band + 7, 5:40] = (220, 30, 30)  # scale bar
+    rgb[height - band + 8 : height - 2 : 2, 50:90] = (40, 200, 60)  # text
+    return rgb
+
+
+def _banded_folder(tmp_path, bands=(14, 15), mask_sizes=("full", "cropped")):
+    root = tmp_path / "banded"
+    (root / "masks").mkdir(parents=True)
+    for i, (band, mask_size) in enumerate(zip(bands, mask_sizes)):
+        rgb = _banded_micrograph(band=band, seed=i)
+        Image.fromarray(rgb).save(root / f"img{i}.png")
+        rows = rgb.shape[0] if mask_size == "full" else rgb.shape[0] - band
+        Image.fromarray((np.arange(rows)[:, None] // 20 % 3).repeat(rgb.shape[1], 1).astype(np.uint8)).save(
+            root / "masks" / f"img{i}.png"
+        )
+    return root
+
+
+def test_the_info_band_is_cut_before_the_colour_check_and_masks_by_their_size(tmp_path):
+    root = _banded_folder(tmp_path, bands=(14, 14))
+    with pytest.raises(InputError, match="colour image with differing channels"):
+        build_catalog(root, CONFIG, progress=False)  # the band's colour, uncropped
+    config = parse_config({"classes": ["a", "b", "c"], "ingest": {"mask_dir": "masks", "crop": {"bottom": 14}}})
+    table = build_catalog(root, config, progress=False)
+    assert table.height.tolist() == [66, 66] and table.crop_bottom.tolist() == [14, 14]
+    # img0's mask has the image's full size and is cut; img1's was drawn on the cropped image.
+    assert table.mask_cropped.tolist() == [True, False]
+    from microal.data.imageio import read_catalog_image, read_catalog_mask
+
+    for _, row in table.iterrows():
+        assert (
+            read_catalog_image(row, config.ingest).shape == read_catalog_mask(row, config.classes, config.ingest).shape
+        )
+    forced = parse_config(
+        {"classes": ["a", "b", "c"], "ingest": {"mask_dir": "masks", "crop": {"bottom": 14}, "crop_masks": True}}
+    )
+    with pytest.raises(InputError, match="img1.png: mask size 96x52 differs from its image"):
+        build_catalog(root, forced, progress=False)
+
+
+def test_a_band_whose_height_differs_per_image_is_detected_or_given_per_image(tmp_path):
+    root = _banded_folder(tmp_path, bands=(14, 15), mask_sizes=("full", "full"))
+    detect = parse_config({"classes": ["a", "b", "c"], "ingest": {"mask_dir": "masks", "detect_info_band": True}})
+    table = build_catalog(root, detect, progress=False)
+    assert table.crop_bottom.tolist() == [14, 15] and table.height.tolist() == [66, 65]
+    from microal.data.imageio import detect_info_band
+
+    plain = tmp_path / "plain.png"
+    Image.fromarray(_banded_micrograph(band=0, seed=3)).save(plain)
+    assert detect_info_band(plain) == 0  # no band: nothing is cut
+    # The same crop from a manifest column, one value per image.
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(
+        {
+            "image": [str(root / "img0.png"), str(root / "img1.png")],
+            "mask": [str(root / "masks" / "img0.png"), str(root / "masks" / "img1.png")],
+            "crop_bottom": [14, 15],
+        }
+    ).to_csv(manifest, index=False)
+    by_column = build_catalog(manifest, parse_config({"classes": ["a", "b", "c"]}), progress=False)
+    assert by_column.crop_bottom.tolist() == [14, 15] and by_column.mask_cropped.all()
+    pd.DataFrame({"image": [str(root / "img0.png")], "crop_bottom": ["1.5"]}).to_csv(manifest, index=False)
+    with pytest.raises(InputError, match="img0.png: crop_bottom must be a whole number"):
+        build_catalog(manifest, parse_config({"classes": ["a", "b", "c"]}), progress=False)

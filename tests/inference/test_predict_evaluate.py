@@ -1,5 +1,7 @@
 """Full-size prediction and evaluation, with a model file made by the test itself."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -77,3 +79,62 @@ def test_evaluation_scores_a_perfect_and_a_wrong_prediction(tiled, tmp_path):
     assert (b_images.fraction_error_matrix > 0).all()  # all-matrix overestimates the matrix
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == len(catalog)
     assert (tmp_path / "eval" / "per_domain.csv").exists()
+
+
+def test_an_ensemble_predicts_the_mean_with_uncertainty_maps_and_fraction_intervals(tiled, model_file, tmp_path):
+    ws, catalog, config = tiled
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    save_model_file(other, build_model(config.model, config.num_classes), config, epoch=1, metrics={}, history=[])
+    one = catalog.iloc[:2]
+    table = predict_catalog([model_file, other], one, tmp_path / "ens", progress=False)
+    members = [load_model(model_file), load_model(other)]
+    for (_, row), (_, image_row) in zip(table.iterrows(), one.iterrows()):
+        from microal.data.imageio import read_catalog_image
+
+        image = read_catalog_image(image_row, config.ingest)
+        mean = np.mean([predict_probabilities(m, image, image_row.um_per_px) for m in members], axis=0)
+        mask = np.asarray(Image.open(tmp_path / "ens" / row.mask_file))
+        np.testing.assert_array_equal(mask, mean.argmax(0))
+        uncertainty = np.asarray(Image.open(tmp_path / "ens" / row.uncertainty_file))
+        assert uncertainty.shape == mask.shape and 0 < row.mean_uncertainty <= 1
+        for name in config.class_names:
+            assert row[f"fraction_{name}_low"] <= row[f"fraction_{name}"] <= row[f"fraction_{name}_high"]
+        assert any(row[f"fraction_{n}_high"] - row[f"fraction_{n}_low"] > 0 for n in config.class_names)
+    info = json.loads((tmp_path / "ens" / "prediction_info.json").read_text())
+    assert len(info["members"]) == 2
+
+
+def test_fraction_intervals_grow_with_spatial_spread_and_member_disagreement():
+    from microal.inference.predict import fraction_interval
+
+    rng = np.random.default_rng(0)
+    uniform = np.zeros((64, 64), dtype=np.uint8)
+    low, high = fraction_interval([uniform], 2, 16, 500, rng)
+    assert low[0] == high[0] == 1.0  # one phase everywhere: nothing to be unsure about
+    patchy = (rng.random((4, 4)) < 0.5).repeat(16, 0).repeat(16, 1).astype(np.uint8)  # half the blocks phase 1
+    low, high = fraction_interval([patchy], 2, 16, 2000, rng)
+    true = patchy.mean()
+    assert low[1] < true < high[1] and high[1] - low[1] > 0.2
+    one_model = high[1] - low[1]
+    disagreeing = np.where(patchy == 1, 1, (rng.random((64, 64)) < 0.6)).astype(np.uint8)  # more phase 1
+    low, high = fraction_interval([patchy, disagreeing], 2, 16, 2000, rng)
+    assert high[1] - low[1] > one_model
+
+
+def test_images_are_selected_by_split_name_or_missing_mask(tiled, model_file, tmp_path):
+    from microal.errors import MicroalError
+    from microal.inference.predict import select_images
+
+    _, catalog, _ = tiled
+    pd.DataFrame({"image_id": catalog.image_id, "split": ["train"] * (len(catalog) - 2) + ["test"] * 2}).to_csv(
+        tmp_path / "splits.csv", index=False
+    )
+    assert select_images(catalog, model_file, split="test").image_id.tolist() == catalog.image_id.tolist()[-2:]
+    assert select_images(catalog, model_file, split="unlabelled").empty  # every synthetic image has a mask
+    name = catalog.image_name.iloc[0]
+    assert select_images(catalog, model_file, images=[name.rsplit(".", 1)[0]]).image_name.tolist() == [name]
+    with pytest.raises(MicroalError, match="not in the catalog: \\['nope.tif'\\]"):
+        select_images(catalog, model_file, images=["nope.tif"])
+    with pytest.raises(InputError, match="splits.csv: --split val"):
+        select_images(catalog, tmp_path / "elsewhere" / "model.pt", split="val")
