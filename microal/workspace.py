@@ -40,6 +40,10 @@ class Workspace:
         """A search's results (results.csv, best_config.yaml, trials.png)."""
         return self.root / "tune" / name
 
+    def report(self, name: str) -> Path:
+        """A run's or project's HTML report."""
+        return self.root / "reports" / f"{name}.html"
+
     @property
     def al_root(self) -> Path:
         return self.root / "al"

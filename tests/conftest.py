@@ -82,3 +82,56 @@ def tiled(synth_dir, tmp_path_factory):
 def checkpoint_dirs(run_storage: Path) -> list[Path]:
     """A Ray Train run's checkpoint folders (beside them: checkpoint_manager_snapshot.json)."""
     return sorted(p for p in Path(run_storage).glob("checkpoint_*") if p.is_dir())
+
+
+@pytest.fixture
+def browser():
+    """Debian's Chromium, headless, driven by selenium (skipped where it is not installed)."""
+    import shutil
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        # Without these, Chromium keeps trying this closed network.
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def rendered_report(browser, path: Path) -> dict:
+    """Open an HTML report and read back what Chromium rendered: each figure's loaded size,
+    table headers, section headings and notes of missing parts."""
+    browser.get(path.resolve().as_uri())
+    return browser.execute_script(
+        """
+        const images = [...document.querySelectorAll('figure.plot img')];
+        return {
+          images: images.map(i => [i.complete, i.naturalWidth, i.naturalHeight]),
+          headings: [...document.querySelectorAll('h2')].map(h => h.textContent),
+          headers: [...document.querySelectorAll('table.data')].map(
+            t => [...t.querySelectorAll('th')].map(h => h.textContent)),
+          missing: [...document.querySelectorAll('p.missing')].map(p => p.textContent),
+          text: document.body.innerText,
+          external: [...document.querySelectorAll('[src]')].filter(
+            e => !e.getAttribute('src').startsWith('data:')).length,
+        };
+        """
+    )

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from microal.cli import active, data, inference, labelstudio, planning, training, weights
+from microal.cli import active, data, inference, labelstudio, planning, reporting, training, weights
 from microal.cli.common import add_workdir
 from microal.errors import MicroalError
 
@@ -28,7 +28,19 @@ def add_demo(p) -> None:
 
 
 # Commands that work inside a work folder get --workdir (the al and labelstudio steps add their own).
-IN_WORKDIR = {"ingest", "plan", "tile", "train", "adapt", "pretrain", "tune", "predict", "evaluate", "compare"}
+IN_WORKDIR = {
+    "ingest",
+    "plan",
+    "tile",
+    "train",
+    "adapt",
+    "pretrain",
+    "tune",
+    "predict",
+    "evaluate",
+    "compare",
+    "report",
+}
 
 COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "synth": ("generate a synthetic two-domain micrograph set with exact masks", data.add_synth, data.cmd_synth),
@@ -64,6 +76,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
         "mIoU, per-class IoU, phase-fraction error, RDT, overlays",
         inference.add_evaluate,
         inference.cmd_evaluate,
+    ),
+    "report": (
+        "one self-contained HTML report of a run or an active-learning project",
+        reporting.add_report,
+        reporting.cmd_report,
     ),
     "al": ("active learning: init, ensemble, score, select, push, pull, run, simulate", active.add_al, None),
     "labelstudio": ("a local Label Studio server, and the labelling config", labelstudio.add_labelstudio, None),

@@ -8,7 +8,6 @@ headless Chromium.
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, quick_config_dict
+from conftest import REPO, quick_config_dict, rendered_report
 
 from microal.active import rounds
 from microal.active.ensemble import Ensemble
@@ -336,65 +335,55 @@ def test_al_run_killed_and_restarted_then_label_studio_restarted(loop, server, t
     assert len(restarted.task_tiles(target.project_id)) == 10
 
 
-def test_labelling_page_shows_tile_and_preannotation(loop, server):
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_labelling_page_shows_tile_and_preannotation(loop, server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)
     table = load_project(loop["root"], loop["project"].config, loop["ws"].tiles).pool.table  # after al run
     tile_id, task_id = table[table.state == QUEUED].iloc[0][["tile_id", "task_id"]]
     url = server["server"].url
-    browser = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
-        browser.get(f"{url}/user/login/")
-        browser.find_element(By.NAME, "email").send_keys("expert@microal.local")
-        browser.find_element(By.NAME, "password").send_keys("expert-password-1")
-        browser.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
-        WebDriverWait(browser, 30).until(lambda b: "/user/login" not in b.current_url)
-        browser.get(f"{url}/projects/{loop['target'].project_id}/data?task={int(task_id)}")
-        # The labelling canvas's image (the data table beside it has thumbnails of every task).
-        image = WebDriverWait(browser, 60).until(ec.presence_of_element_located((By.CSS_SELECTOR, "img[alt='image']")))
-        WebDriverWait(browser, 30).until(lambda b: b.execute_script("return arguments[0].naturalWidth", image) > 0)
-        shown = browser.execute_async_script(
-            "const done = arguments[1]; "
-            "fetch(arguments[0].src).then(r => r.arrayBuffer()).then(b => done(b.byteLength));",
-            image,
-        )
-        assert shown == (loop["target"].files_dir / f"{tile_id}.png").stat().st_size  # this task's tile
-        # The pre-annotation is loaded: one brush region per class the ensemble predicted.
-        prediction = loop["client"].task(int(task_id))["predictions"][0]["result"]
-        regions = WebDriverWait(browser, 30).until(
-            lambda b: b.find_elements(By.CSS_SELECTOR, ".lsf-tree__node_type_brushregion")
-        )
-        assert len(regions) == len(prediction) >= 1
-        titles = {e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, ".lsf-outliner-item__title")}
-        assert titles == {r["value"]["brushlabels"][0] for r in prediction}
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shot = ARTIFACTS / "labelling-page.png"
-        browser.save_screenshot(str(shot))
-        assert shot.stat().st_size > 20_000
-    finally:
-        browser.quit()
+    browser.get(f"{url}/user/login/")
+    browser.find_element(By.NAME, "email").send_keys("expert@microal.local")
+    browser.find_element(By.NAME, "password").send_keys("expert-password-1")
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
+    WebDriverWait(browser, 30).until(lambda b: "/user/login" not in b.current_url)
+    browser.get(f"{url}/projects/{loop['target'].project_id}/data?task={int(task_id)}")
+    # The labelling canvas's image (the data table beside it has thumbnails of every task).
+    image = WebDriverWait(browser, 60).until(ec.presence_of_element_located((By.CSS_SELECTOR, "img[alt='image']")))
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return arguments[0].naturalWidth", image) > 0)
+    shown = browser.execute_async_script(
+        "const done = arguments[1]; fetch(arguments[0].src).then(r => r.arrayBuffer()).then(b => done(b.byteLength));",
+        image,
+    )
+    assert shown == (loop["target"].files_dir / f"{tile_id}.png").stat().st_size  # this task's tile
+    # The pre-annotation is loaded: one brush region per class the ensemble predicted.
+    prediction = loop["client"].task(int(task_id))["predictions"][0]["result"]
+    regions = WebDriverWait(browser, 30).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, ".lsf-tree__node_type_brushregion")
+    )
+    assert len(regions) == len(prediction) >= 1
+    titles = {e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, ".lsf-outliner-item__title")}
+    assert titles == {r["value"]["brushlabels"][0] for r in prediction}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "labelling-page.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 20_000
+
+
+def test_the_project_report_shows_rounds_annotators_cost_and_agreement(loop, browser, tmp_path):
+    from microal.report.project import project_report
+
+    report = rendered_report(browser, project_report(loop["root"], tmp_path / "al.html"))
+    assert report["images"] and all(done and width > 100 for done, width, _ in report["images"])
+    assert report["external"] == 0  # one self-contained file
+    for section in ("Rounds", "Who labelled what", "Label cost", "Agreement"):
+        assert section in report["headings"]
+    assert ["annotator", "tiles", "minutes", "median_s_per_tile"] in report["headers"]
+    costs = pd.read_parquet(loop["root"] / "costs.parquet")
+    assert costs.annotator.nunique() == 2 and all(a in report["text"] for a in costs.annotator.unique())
+    assert ["round", "tiles", "mean_agreement"] in report["headers"]  # two experts labelled one tile
+    assert not any("agreement" in note for note in report["missing"])
 
 
 def test_webhook_wakes_the_loop_when_an_expert_submits(loop, server):
