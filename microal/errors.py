@@ -17,6 +17,9 @@ class InputError(MicroalError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
+    def __reduce__(self):  # pickled intact across processes (a Ray worker's error reaches the driver)
+        return type(self), (self.path, self.problem)
+
 
 class ConfigError(MicroalError):
     """A config file has an unknown key or a bad value."""

@@ -169,3 +169,35 @@ def learning_curves_al(
     )
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def batch_for_expert(
+    images: np.ndarray,
+    masks: np.ndarray,
+    uncertainty: np.ndarray,
+    classes: list[ClassSpec],
+    titles: list[str],
+    path: Path,
+) -> None:
+    """The tiles an expert is asked to label next, one column each: the tile, the model's
+    pre-annotation over it, and its uncertainty map (what made the tile worth an expert's time)."""
+    columns = len(images)
+    fig, axes = plt.subplots(3, columns, figsize=(2.1 * columns, 6.6), squeeze=False)
+    for column, (image, mask, heat, title) in enumerate(zip(images, masks, uncertainty, titles)):
+        axes[0, column].imshow(image, cmap="gray")
+        axes[0, column].set_title(title, fontsize=7)
+        axes[1, column].imshow(image, cmap="gray")
+        axes[1, column].imshow(colorize(mask, classes), alpha=0.45)
+        shown = axes[2, column].imshow(heat, cmap="inferno", vmin=0, vmax=1)
+    for row, label in enumerate(("tile", "pre-annotation", "uncertainty")):
+        axes[row, 0].set_ylabel(label)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    colors = class_colors(classes)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i]) for i in range(len(classes))]
+    fig.legend(handles, [c.name for c in classes], loc="lower center", ncol=len(classes), fontsize=8)
+    fig.subplots_adjust(right=0.92)
+    fig.colorbar(shown, cax=fig.add_axes((0.935, 0.12, 0.01, 0.22)), label="entropy / log C")
+    fig.suptitle("The batch an expert would label next, ranked by the model's uncertainty")
+    _save(fig, path)

@@ -10,6 +10,7 @@ its prediction is the mean of the members' probabilities.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -156,6 +157,19 @@ class TileScorer:
             probs, _ = self.probabilities(windows)
             masks.append(probs.mean(dim=0).argmax(dim=1).to(torch.uint8).cpu().numpy())
         return np.concatenate(masks)
+
+    def previews(self, tile_ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What an expert is shown of each tile: its centre (standardised), the pre-annotation and
+        the uncertainty map (entropy of the mean prediction over log C, 0-1); each [tiles, T, T]."""
+        images, masks, maps = [], [], []
+        for _, windows, _, _ in self._batches(list(tile_ids)):
+            probs, _ = self.probabilities(windows)
+            mean = probs.mean(dim=0)
+            entropy = -(mean * mean.clamp_min(1e-12).log()).sum(dim=1) / math.log(mean.shape[1])
+            images.append(crop_centre(windows[:, 0].numpy(), self.margin))
+            masks.append(mean.argmax(dim=1).to(torch.uint8).cpu().numpy())
+            maps.append(entropy.cpu().numpy())
+        return np.concatenate(images), np.concatenate(masks), np.concatenate(maps)
 
     def pixel_counts(self, tile_ids: list[str]) -> np.ndarray:
         """Pixel counts [3, classes] against the tile set's masks, of the ensemble and of every

@@ -43,6 +43,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from microal import console
 from microal.backend.run_store import RunStore, StoredRunSession
 from microal.errors import MicroalError
 
@@ -71,10 +72,65 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     kwargs = {"address": address, "log_to_driver": True}
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
+    _route_driver_logs()
     try:
         ray.init(**kwargs)
     except ConnectionError as error:
         raise MicroalError(f"cannot connect to the Ray cluster at {address!r}: {error}") from None
+    _route_worker_output()
+
+
+# Ray's driver-side loggers; their records go to the log file (and the terminal with --verbose).
+RAY_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.data", "ray.serve")
+WORKER_OUTPUT_HANDLER = "microal_worker_output"
+
+
+class _LogFileHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            console.log_lines([f"[{record.name} {record.levelname}] {record.getMessage()}"])
+        except Exception:  # logging must never take a run down
+            pass
+
+
+def _route_driver_logs() -> None:
+    """Unless verbose: Ray's own log records to the log file instead of the terminal."""
+    if console.verbose():
+        return
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+        if not any(isinstance(h, _LogFileHandler) for h in logger.handlers):
+            logger.addHandler(_LogFileHandler())
+        logger.propagate = False
+
+
+def _route_worker_output() -> None:
+    """Replace Ray's printer of worker output (lines prefixed with the worker's name and pid)
+    with microal's: lines the loops say() to the terminal, every line to the log file."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:  # a Ray without it: its own printer stays
+        return
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.remove_handler(WORKER_OUTPUT_HANDLER)
+    dispatcher.add_handler(WORKER_OUTPUT_HANDLER, _on_worker_output)
+
+
+def _on_worker_output(data: dict) -> None:
+    source = data.get("actor_name") or data.get("task_name") or "worker"
+    prefix = f"({source} pid={data.get('pid')}, ip={data.get('ip')})"
+    lines = [str(line) for line in data.get("lines", [])]
+    if data.get("pid") == "autoscaler":  # its status table every 5 s: keep only its events, as Ray does
+        lines = [line for line in lines if ":event_summary:" in line]
+    console.log_lines([f"{prefix} {line}" for line in lines])
+    for line in lines:
+        if line.startswith(console.MARK):
+            console.show(line[len(console.MARK) :])
+        elif console.verbose():
+            console.show(f"{prefix} {line}", error=bool(data.get("is_err")))
 
 
 def shutdown_ray() -> None:
@@ -427,7 +483,10 @@ def run_search(
                 search_alg=algorithm, scheduler=trial_scheduler, num_samples=trials, max_concurrent_trials=concurrency
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(storage_path), failure_config=tune.FailureConfig(max_failures=1)
+                name=name,
+                storage_path=str(storage_path),
+                failure_config=tune.FailureConfig(max_failures=1),
+                verbose=2 if console.verbose() else 0,  # quiet: microal prints each trial's result itself
             ),
         )
     grid = tuner.fit()

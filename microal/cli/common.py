@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from microal.config import ProjectConfig, load_config
 from microal.workspace import Workspace
 
@@ -18,6 +20,18 @@ def project_config(args) -> ProjectConfig:
 
 def add_workdir(p) -> None:
     p.add_argument("--workdir", "-w", default=DEFAULT_WORKDIR, help=f"work folder (default {DEFAULT_WORKDIR})")
+    add_verbose(p)
+
+
+def add_verbose(p) -> None:
+    # SUPPRESS: a subcommand's absent flag must not reset `microal --verbose COMMAND`.
+    p.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show Ray's own log lines on the terminal too (they always go to the log file)",
+    )
 
 
 def add_config(p, required: bool = True) -> None:

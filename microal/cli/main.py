@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 
+from microal import console
 from microal.cli import active, data, inference, labelstudio, planning, reporting, training, weights
-from microal.cli.common import add_workdir
+from microal.cli.common import add_verbose, add_workdir
 from microal.errors import MicroalError
+from microal.workspace import Workspace
+
+LOG_FILE = "microal.log"
 
 
 def cmd_demo(args) -> None:
@@ -23,6 +29,7 @@ def cmd_demo(args) -> None:
 
 
 def add_demo(p) -> None:
+    add_verbose(p)
     p.add_argument("--out", help="folder for everything the demo makes (default microal-demo-<time>)")
     p.add_argument("--epochs", type=int, help="override the training epochs (default from the synthetic config)")
 
@@ -100,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="From steel micrographs to trained segmentation models with the fewest expert hours.",
         epilog="Run `microal COMMAND --help` for a command's options; `microal demo` shows the whole pipeline.",
     )
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="show Ray's own log lines too (they always go to the log file)"
+    )
     workdir = argparse.ArgumentParser(add_help=False)
     add_workdir(workdir)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -112,17 +122,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def log_file_for(args) -> Path | None:
+    """Where a command's log goes: its run's, search's or project's folder, else the work folder."""
+    if not hasattr(args, "workdir"):
+        return None
+    ws = Workspace.at(args.workdir)
+    name = getattr(args, "name", None)
+    if args.command in ("train", "adapt", "pretrain") and name:
+        return ws.run(name) / LOG_FILE
+    if args.command == "tune" and name:
+        return ws.tune(name) / LOG_FILE
+    if args.command == "al" and name:
+        return ws.al(name) / LOG_FILE
+    return ws.root / LOG_FILE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    console.configure(verbose=getattr(args, "verbose", False), log_file=log_file_for(args))
     try:
         args.handler(args)
     except MicroalError as error:
         print(f"microal {args.command}: error: {error}", file=sys.stderr)
+        _point_to_log()
         return 2
     except KeyboardInterrupt:
         print(f"microal {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a failure inside a library: its cause here, its stack in the log
+        if console.verbose():
+            raise
+        console.log_lines(traceback.format_exc().splitlines())
+        print(f"microal {args.command}: error: {type(error).__name__}: {error}", file=sys.stderr)
+        _point_to_log()
+        return 1
     return 0
+
+
+def _point_to_log() -> None:
+    path = console.log_file()
+    if path is not None and path.exists():
+        print(f"  the full log: {path} (or run again with --verbose)", file=sys.stderr)
 
 
 if __name__ == "__main__":

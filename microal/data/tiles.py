@@ -43,14 +43,21 @@ class TileSet:
         return TileGrid(int(row.height_resampled), int(row.width_resampled), self.tiling.tile_size, self.tiling.margin)
 
     def image_array(self, image_id: str, mmap: bool = True) -> np.ndarray:
-        return np.load(self.root / "arrays" / f"{image_id}.image.npy", mmap_mode="r" if mmap else None)
+        return _load_array(self.root / "arrays" / f"{image_id}.image.npy", mmap)
 
     def domain_stats(self) -> dict[str, tuple[float, float]]:
         return domain_stats(self.images)
 
     def mask_array(self, image_id: str, mmap: bool = True) -> np.ndarray | None:
         path = self.root / "arrays" / f"{image_id}.mask.npy"
-        return np.load(path, mmap_mode="r" if mmap else None) if path.exists() else None
+        return _load_array(path, mmap) if path.exists() else None
+
+
+def _load_array(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise InputError(path, f"damaged tile array ({error}); run `microal tile` again") from None
 
 
 def _check_pixel_sizes(catalog: pd.DataFrame, tiling: TilingConfig) -> None:

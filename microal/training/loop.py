@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from microal.config import ProjectConfig, TrainingConfig
+from microal.console import say
 from microal.data.tiling import IGNORE_INDEX, crop_centre
 from microal.models.compute import autocast, channels_last, grad_scaler, resolve_precision
 from microal.models.metrics import PixelCounts
@@ -104,10 +105,9 @@ def announce(session: WorkerSession, compute: Compute, *loaders: DataLoader) -> 
     """Say once how the run computes: device, precision, loader processes."""
     if session.world_rank == 0:
         workers = max((loader.num_workers for loader in loaders), default=0)
-        print(
+        say(
             f"computing on {compute.device.type} in {compute.precision} (channels-last), "
-            f"{workers} loader process(es) per worker",
-            flush=True,
+            f"{workers} loader process(es) per worker"
         )
 
 
@@ -252,7 +252,7 @@ def restore_state(session: WorkerSession, net: torch.nn.Module, stateful: dict[s
             if key in state:  # (a checkpoint of an older microal has no loss scaler state)
                 (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).load_state_dict(state[key])
         if session.world_rank == 0:
-            print(f"resumed from the checkpoint after epoch {model['epoch']}", flush=True)
+            say(f"resumed from the checkpoint after epoch {model['epoch']}")
         return int(model["epoch"]), list(model["history"])
 
 
@@ -280,10 +280,10 @@ def report_epoch(
     metrics.setdefault(job.selection[0], float("nan"))
     if session.world_rank != 0 or not checkpoint:
         if session.world_rank == 0:
-            print(progress_line(metrics, history, epochs or cfg.training.epochs, job.progress), flush=True)
+            say(progress_line(metrics, history, epochs or cfg.training.epochs, job.progress))
         session.report(metrics, None)
         return
-    print(progress_line(metrics, history, epochs or cfg.training.epochs, job.progress), flush=True)
+    say(progress_line(metrics, history, epochs or cfg.training.epochs, job.progress))
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         save_model_file(directory / MODEL_FILE, net, cfg, int(metrics["epoch"]), metrics, history, domain_stats)

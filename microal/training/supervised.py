@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from microal.config import ProjectConfig
+from microal.console import say
 from microal.data.augment import load_pipeline
 from microal.data.datasets import TileDataset
 from microal.data.labels import LabelStore
@@ -152,11 +153,10 @@ def budget_epochs(
         session.device,
     )
     if session.world_rank == 0:
-        print(
+        say(
             f"budget {training.budget}: {cost.step_s:.2f} s/step x {cost.steps} steps, validation "
             f"{cost.validation_s:.1f} s, checkpoint {cost.checkpoint_s:.1f} s -> {epochs} epochs "
-            f"(~{cost.epoch_s(training.validate_every, training.checkpoint_every):.0f} s each)",
-            flush=True,
+            f"(~{cost.epoch_s(training.validate_every, training.checkpoint_every):.0f} s each)"
         )
     return epochs, budget, cost.epoch_s(training.validate_every, training.checkpoint_every) * FIRST_GUESS_SLACK
 

@@ -1,5 +1,6 @@
 """The `microal` command line: help, clear errors, each step, and the README's demo."""
 
+import re
 import subprocess
 import sys
 
@@ -9,6 +10,9 @@ import yaml
 from conftest import quick_config_dict
 
 from microal.cli.main import COMMANDS, main
+
+# A line of Ray's own: a worker's prefixed output, or a log record of Ray's driver or raylet.
+RAY_LINE = re.compile(r"\((\w+) pid=|\braylet\b|\bINFO\b|\bWARNING\b|[Tt]oken authentication|ray\._private")
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -65,7 +69,35 @@ def test_readme_demo_command(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "results by domain and split" in result.stdout
+    # Quiet: microal's own lines (each epoch, without Ray's prefix), none of Ray's, which go to the log.
+    terminal = result.stdout + result.stderr
+    assert re.search(r"^epoch 2/2 \[", result.stdout, re.M)
+    ray_lines = [line for line in terminal.splitlines() if RAY_LINE.search(line)]
+    assert ray_lines == []
+    log = (tmp_path / "demo" / "microal.log").read_text()
+    assert "Started a local Ray instance" in log and "PooledWorker pid=" in log
+    # The main job: one simulated round's batch for an expert, and the run's report.
+    assert (tmp_path / "demo" / "work" / "al" / "demo" / "next_batch.png").stat().st_size > 10_000
+    for report in ("demo.html", "al-demo.html"):
+        assert str(tmp_path / "demo" / "work" / "reports" / report) in result.stdout
     per_domain = pd.read_csv(tmp_path / "demo" / "work" / "evaluation" / "demo" / "per_domain.csv")
     assert set(per_domain.domain) == {"A", "B"} and per_domain.miou.between(0, 1).all()
     assert "rdt" in per_domain
     assert (tmp_path / "demo" / "work" / "runs" / "demo" / "learning_curve.png").exists()
+
+
+def test_a_failing_fit_shows_its_cause_in_one_line(ray_local, synth_dir, tmp_path, capsys):
+    config = tmp_path / "quick.yaml"
+    config.write_text(yaml.safe_dump(quick_config_dict(synth_dir, epochs=1)))
+    work = ["-w", str(tmp_path / "w")]
+    assert main(["ingest", str(synth_dir / "manifest.csv"), "-c", str(config), *work]) == 0
+    assert main(["tile", "-c", str(config), *work]) == 0
+    damaged = sorted((tmp_path / "w" / "tiles" / "arrays").glob("*.image.npy"))
+    for path in damaged:
+        path.write_bytes(b"not an array")  # what a full disk or an interrupted copy leaves
+    capsys.readouterr()
+    assert main(["train", "-c", str(config), "--name", "broken", *work]) == 2
+    err = capsys.readouterr().err
+    assert "microal train: error: training 'broken' failed:" in err
+    assert ".image.npy: damaged tile array" in err and "run `microal tile` again" in err
+    assert "Traceback" not in err and not RAY_LINE.search(err)
