@@ -85,8 +85,13 @@ def _cost_figure(costs: pd.DataFrame):
 def _project_sections(page: Page, folders: ProjectFolders) -> None:
     rounds = project_rounds(folders)
     page.heading("Learning curve")
-    if "heldout_miou" in rounds and rounds.heldout_miou.notna().any():
-        page.figure(_curves_figure(rounds.dropna(subset=["heldout_miou"])), "Held-out mIoU of each round's ensemble")
+    evaluated = rounds.dropna(subset=["heldout_miou"]) if "heldout_miou" in rounds else rounds.iloc[:0]
+    if len(evaluated) >= 2:
+        page.figure(_curves_figure(evaluated), "Held-out mIoU of each round's ensemble")
+    elif len(evaluated) == 1:
+        page.missing(
+            f"One round so far (held-out mIoU {evaluated.heldout_miou.iloc[0]:.3f}): the curve starts with the next."
+        )
     else:
         page.missing("No round has been evaluated on held-out tiles yet (the project needs held-out images).")
     page.heading("Rounds")

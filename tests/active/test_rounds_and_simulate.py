@@ -145,6 +145,13 @@ def test_oracle_simulation_and_resume(ray_local, tiled, synth_dir, tmp_path):
     assert set(summary.strategy) == {"entropy", "random"} and summary.aulc.between(0, 1).all()
     assert (tmp_path / "sim" / "curve.png").exists() and (tmp_path / "sim" / "summary.csv").exists()
     assert (tmp_path / "sim" / "curve_seconds.png").stat().st_size > 10_000
+    # The simulation's report: its curves, summary, and each strategy's project on one page.
+    from microal.report.project import project_report
+
+    page = project_report(tmp_path / "sim", tmp_path / "sim.html").read_text()
+    assert page.count('<figure class="plot">') >= 2 + 2  # two curves, and each project's learning curve
+    assert "Project entropy-s0" in page and "Project random-s0" in page and "full-pool" not in page
+    assert "aulc_gap_ci90_low" in page
     # The oracle's simulated cost: at least the fixed share per tile, growing with the labels.
     for _, run in curve.groupby("strategy"):
         assert run.expert_seconds.is_monotonic_increasing and (run.expert_seconds >= 30 * run.labelled_tiles).all()
