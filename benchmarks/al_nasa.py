@@ -15,7 +15,7 @@ the whole-pool mIoU (nan: not within the rounds). The simulated expert seconds o
 are in curve.csv and curve_seconds.png.
 
 Usage: python benchmarks/al_nasa.py [--seeds 3] [--rounds 3] [--initial 8] [--batch 16]
-       [--strategies entropy] [--members 1] [--epochs 30] [--out bench-out/al_nasa]
+       [--strategies entropy] [--members 1] [--epochs 30] [--domains A [B]] [--out bench-out/al_nasa]
 """
 
 from __future__ import annotations
@@ -37,6 +37,13 @@ def main() -> int:
     args_parser.add_argument("--members", type=int, default=1, help="ensemble members (k-fold)")
     args_parser.add_argument("--epochs", type=int, default=30, help="epochs per round")
     args_parser.add_argument("--resume", action="store_true", help="keep --out and go on with the experiment there")
+    args_parser.add_argument(
+        "--domains",
+        nargs="+",
+        default=["A"],
+        help="imaging domains to pool (B: Super2, other alloys and settings; a domain without test "
+        "images gives every other image, by name, to the held-out set)",
+    )
     args = args_parser.parse_args()
     data = require_data(args.data)
 
@@ -47,9 +54,13 @@ def main() -> int:
 
     started = time.time()
     out = Path(args.out).resolve() if args.resume else fresh(args.out)
-    # Domain A only (Super2 is another alloy and microscope, kept for adaptation benchmarks).
+    # Domain A by default (Super2 is other alloys and settings, kept for adaptation benchmarks).
     manifest = pd.read_csv(data / "manifest.csv")
-    manifest = manifest[manifest.domain == "A"].copy()
+    manifest = manifest[manifest.domain.isin(args.domains)].copy()
+    for domain, images in manifest.groupby("domain"):
+        if not images.split.eq("test").any():
+            ordered = images.sort_values("image").index
+            manifest.loc[ordered, "split"] = ["train" if i % 2 == 0 else "test" for i in range(len(ordered))]
     for column in ("image", "mask"):
         manifest[column] = manifest[column].map(lambda p: str(data / p))
     manifest.to_csv(out / "manifest.csv", index=False)
