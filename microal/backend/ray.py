@@ -126,9 +126,12 @@ def _on_worker_output(data: dict) -> None:
     if data.get("pid") == "autoscaler":  # its status table every 5 s: keep only its events, as Ray does
         lines = [line for line in lines if ":event_summary:" in line]
     console.log_lines([f"{prefix} {line}" for line in lines])
+    # A pooled worker runs one fit at a time; search trials and Ray Train workers may run side by
+    # side, so their lines say which process they come from.
+    tag = "" if source == "PooledWorker" else f"[{source} {data.get('pid')}] "
     for line in lines:
         if line.startswith(console.MARK):
-            console.show(line[len(console.MARK) :])
+            console.show(tag + line[len(console.MARK) :])
         elif console.verbose():
             console.show(f"{prefix} {line}", error=bool(data.get("is_err")))
 

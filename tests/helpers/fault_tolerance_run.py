@@ -18,9 +18,12 @@ from microal.training.jobs import train
 from microal.workspace import Workspace
 
 
-def checkpoint_dirs(run_storage: Path) -> list[Path]:
-    """The run's checkpoint folders (tests/conftest.py has the same; this runs outside pytest)."""
-    return [p for p in run_storage.glob("checkpoint_*") if p.is_dir()]
+def checkpoints_written(run_storage: Path) -> int:
+    """How many checkpoints the run has written: its newest folder's index + 1. (Counting the
+    folders would not do: the store prunes them to the best few and the latest, so while each
+    epoch improves on the last there may never be three at once.)"""
+    indices = [int(p.name.rsplit("_", 1)[1]) for p in run_storage.glob("checkpoint_*") if p.is_dir()]
+    return max(indices) + 1 if indices else 0
 
 
 def main() -> None:
@@ -44,9 +47,9 @@ def main() -> None:
     thread.start()
     storage = ws.ray_storage / "ft"
     deadline = time.time() + 300
-    while len(checkpoint_dirs(storage)) < 3 and time.time() < deadline and thread.is_alive():
+    while checkpoints_written(storage) < 3 and time.time() < deadline and thread.is_alive():
         time.sleep(0.2)
-    checkpoints_at_kill = len(checkpoint_dirs(storage))
+    checkpoints_at_kill = checkpoints_written(storage)
     cluster.remove_node(worker, allow_graceful=False)  # the worker node's processes are killed
     killed_at = time.time()
     time.sleep(3)
