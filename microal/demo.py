@@ -77,7 +77,8 @@ def next_batch(config, ws: Workspace, summary, seed: int) -> Path:
     expert would be handed: each tile with its pre-annotation and uncertainty map."""
     splits = pd.read_csv(summary.run_dir / "splits.csv")
     unseen = set(splits.image_id[splits.split == "test"])
-    tiles = load_tiles(ws.tiles).tiles
+    tileset = load_tiles(ws.tiles)
+    tiles = tileset.tiles
     pool_tiles = tiles[tiles.image_id.isin(unseen) & tiles.labelled]
     root = ws.al(RUN_NAME)
     shutil.rmtree(root, ignore_errors=True)
@@ -89,7 +90,6 @@ def next_batch(config, ws: Workspace, summary, seed: int) -> Path:
     outcome = run_round(project, OracleLabeller(), members=model, select=True)
     chosen = outcome.selection.tile_id.tolist()
     images, masks, uncertainty = TileScorer(model.member_files, str(ws.tiles)).previews(chosen)
-    tileset = load_tiles(ws.tiles)
     image_names = tileset.images.set_index("image_id").image_name
     chosen_tiles = tileset.tiles.set_index("tile_id").loc[chosen]
     titles = [f"{image_names[t.image_id]}\nrow {t.row} col {t.col}" for t in chosen_tiles.itertuples()]

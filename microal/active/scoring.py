@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from microal.active.acquisition import tile_scores
+from microal.active.acquisition import entropy, tile_scores
 from microal.active.costs import boundary_pixels
 from microal.data.datasets import WindowSource, standardise
 from microal.data.tiles import load_tiles
@@ -164,11 +164,9 @@ class TileScorer:
         images, masks, maps = [], [], []
         for _, windows, _, _ in self._batches(list(tile_ids)):
             probs, _ = self.probabilities(windows)
-            mean = probs.mean(dim=0)
-            entropy = -(mean * mean.clamp_min(1e-12).log()).sum(dim=1) / math.log(mean.shape[1])
             images.append(crop_centre(windows[:, 0].numpy(), self.margin))
-            masks.append(mean.argmax(dim=1).to(torch.uint8).cpu().numpy())
-            maps.append(entropy.cpu().numpy())
+            masks.append(probs.mean(dim=0).argmax(dim=1).to(torch.uint8).cpu().numpy())
+            maps.append((entropy(probs) / math.log(probs.shape[2])).cpu().numpy())
         return np.concatenate(images), np.concatenate(masks), np.concatenate(maps)
 
     def pixel_counts(self, tile_ids: list[str]) -> np.ndarray:

@@ -170,8 +170,10 @@ def _image_crop(entry: _Entry, ingest: IngestConfig) -> Crop:
 def _mask_crop(entry: _Entry, crop: Crop, raw_shape: tuple[int, int], shape: tuple[int, int], ingest) -> Crop:
     """Cut the mask like its image when it has the uncropped image's size (or crop_masks says so);
     a mask drawn on the cropped image is taken as it is."""
-    if crop == Crop() or ingest.crop_masks is not None:
-        return crop if ingest.crop_masks is not False else Crop()
+    if crop == Crop() or ingest.crop_masks is False:
+        return Crop()
+    if ingest.crop_masks:
+        return crop
     mask_shape = read_raw(entry.mask).shape[:2]
     if mask_shape == raw_shape:
         return crop

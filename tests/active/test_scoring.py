@@ -37,6 +37,14 @@ def test_scores_embeddings_and_masks(tiled, members):
     assert batch.embeddings.shape[0] == 6 and batch.embeddings.shape[1] == 512  # resnet18's deepest features
     masks = scorer.ensemble_masks(ids)
     assert masks.shape == (6, 32, 32) and masks.max() < config.num_classes
+    # What an expert is shown: the pre-annotation, and uncertainty whose tile mean ranks like entropy.
+    images, previews, uncertainty = scorer.previews(ids)
+    assert images.shape == previews.shape == uncertainty.shape == (6, 32, 32)
+    np.testing.assert_array_equal(previews, masks)
+    assert 0 <= uncertainty.min() and uncertainty.max() <= 1 + 1e-6
+    np.testing.assert_allclose(
+        uncertainty.mean(axis=(1, 2)) * np.log(config.num_classes), batch.scores["entropy/mean"], rtol=1e-3
+    )
     counts = scorer.pixel_counts(ids)
     assert counts.shape == (4, 3, config.num_classes)  # ensemble + 3 members
     # Every labelled centre pixel is counted once per model: tp + fn over classes = pixels.
