@@ -489,7 +489,7 @@ def run_search(
                 name=name,
                 storage_path=str(storage_path),
                 failure_config=tune.FailureConfig(max_failures=1),
-                verbose=2 if console.verbose() else 0,  # quiet: microal prints each trial's result itself
+                verbose=2 if console.verbose() else 0,  # quiet: trials' epoch lines, then microal's results table
             ),
         )
     grid = tuner.fit()

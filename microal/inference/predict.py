@@ -23,7 +23,7 @@ from microal.errors import InputError, MicroalError
 from microal.files import atomic_path, write_text_atomic
 from microal.models.domain_bn import domain_statistics
 from microal.models.metrics import phase_fractions
-from microal.models.model_file import LoadedModel, load_model
+from microal.models.model_file import MODEL_FILE, LoadedModel, load_model
 
 PREDICTIONS_TABLE = "predictions.csv"
 PREDICTION_INFO = "prediction_info.json"  # which model made the predictions
@@ -103,8 +103,6 @@ def fraction_interval(
 def member_model_files(paths: list[str | Path]) -> list[Path]:
     """Model files from what a user names: model files, run folders (their best model), or
     folders with an ensemble's members.json (an active-learning round)."""
-    from microal.models.model_file import MODEL_FILE
-
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir() and (path / MEMBERS_FILE).exists():
