@@ -14,7 +14,7 @@ from microal.config import ProjectConfig
 from microal.data.imageio import read_catalog_image, read_catalog_mask, read_raw
 from microal.errors import InputError, MicroalError
 from microal.files import atomic_path
-from microal.inference.predict import PREDICTION_INFO, PREDICTIONS_TABLE
+from microal.inference.predict import PREDICTION_INFO, PREDICTIONS_TABLE, run_splits
 from microal.models.metrics import PixelCounts, phase_fractions, relative_domain_transferability
 from microal.plots import overlay
 
@@ -100,9 +100,8 @@ def _splits_of(predictions_dir: Path, image_ids: pd.Series) -> pd.Series:
     """
     info_path = predictions_dir / PREDICTION_INFO
     if info_path.exists():
-        splits_path = Path(json.loads(info_path.read_text())["model"]).parent / "splits.csv"
-        if splits_path.exists():
-            splits = pd.read_csv(splits_path).set_index("image_id")["split"]
+        splits = run_splits(json.loads(info_path.read_text())["model"])
+        if splits is not None:
             return image_ids.map(splits).fillna("-").to_numpy()
     return pd.Series("-", index=image_ids.index).to_numpy()
 

@@ -196,6 +196,17 @@ def predict_catalog(
     return table
 
 
+def splits_file(model_file: str | Path) -> Path:
+    """The splits table of the run a model file belongs to (written beside it by training)."""
+    return Path(model_file).parent / "splits.csv"
+
+
+def run_splits(model_file: str | Path) -> pd.Series | None:
+    """Each image's split (train, val, test) in the model's run, by image id; None when unknown."""
+    path = splits_file(model_file)
+    return pd.read_csv(path).set_index("image_id")["split"] if path.exists() else None
+
+
 def select_images(
     catalog: pd.DataFrame, model_file: Path, split: str | None = None, images: list[str] | None = None
 ) -> pd.DataFrame:
@@ -205,10 +216,9 @@ def select_images(
     if split == "unlabelled":
         selected = selected[~selected.labelled.astype(bool)]
     elif split is not None:
-        splits_path = Path(model_file).parent / "splits.csv"
-        if not splits_path.exists():
-            raise InputError(splits_path, f"--split {split}: the model's run has no splits table")
-        splits = pd.read_csv(splits_path).set_index("image_id")["split"]
+        splits = run_splits(model_file)
+        if splits is None:
+            raise InputError(splits_file(model_file), f"--split {split}: the model's run has no splits table")
         selected = selected[selected.image_id.map(splits).eq(split)]
     if images:
         known = set(catalog.image_name) | {Path(n).stem for n in catalog.image_name}
