@@ -58,8 +58,9 @@ CROP_FIELDS = ("crop_top", "crop_bottom", "crop_left", "crop_right")  # per-imag
 
 
 class IngestConfig(_Strict):
-    # Manifest column -> microal field. Fields: image, mask, um_per_px, magnification,
-    # detector, etching, sample, domain. Other manifest columns are kept as free metadata.
+    # Manifest column -> microal field. Fields: image, mask, label (the image's class, for
+    # `microal classify`), um_per_px, magnification, detector, etching, sample, domain. Other
+    # manifest columns are kept as free metadata.
     columns: dict[str, str] = Field(default_factory=dict)
     # Folder ingest: masks live in mask_dir (relative to the folder) named <stem><mask_suffix>.<ext>.
     mask_dir: str | None = None
@@ -91,7 +92,18 @@ class IngestConfig(_Strict):
     @field_validator("columns")
     @classmethod
     def _known_fields(cls, value: dict[str, str]):
-        known = {"image", "mask", "um_per_px", "magnification", "detector", "etching", "sample", "domain", *CROP_FIELDS}
+        known = {
+            "image",
+            "mask",
+            "label",
+            "um_per_px",
+            "magnification",
+            "detector",
+            "etching",
+            "sample",
+            "domain",
+            *CROP_FIELDS,
+        }
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"unknown field(s) {unknown}; valid: {sorted(known)}")
@@ -284,6 +296,52 @@ class PretrainConfig(_Strict):
     use_unlabelled: bool = True  # images without masks take part (they are the point of SSL)
 
 
+class ClassifyConfig(_Strict):
+    """Whole micrographs by class (microal classify): the class table is the config's `classes`,
+    each image's class the catalog's `label`. Random crops of varying physical size, resampled to
+    crop_size, each with its pixel density given to the network; a metric embedding trained with
+    a triplet loss; a Gaussian mixture per class on it, whose log-likelihood below a threshold
+    answers "none of these"."""
+
+    crop_size: int = Field(200, ge=32)  # pixels of a crop as the network sees it
+    # Physical side of a crop in µm, drawn log-uniformly per crop (default: from min_crop_fraction
+    # of each image's short side to all of it). Each image clips the range to what it holds.
+    crop_um: tuple[float, float] | None = None
+    min_crop_fraction: float = Field(0.25, gt=0, le=1)
+    # A crop is never upsampled more than this (a crop of crop_size / max_upsampling pixels at least).
+    max_upsampling: float = Field(4.0, ge=1)
+    augmentation: str = "strong"  # strong, extended, basic, none, or an albumentations YAML file
+    embedding_dim: int = Field(2, ge=2)  # the descriptor (2-D as Larmuseau et al. 2021: it can be plotted)
+    hidden: int = Field(64, ge=4)  # width of the head between pooled features and descriptor
+    margin: float = Field(0.5, gt=0)  # triplet loss margin (distances in the descriptor space)
+    # loss = triplet + class_loss_weight x cross-entropy of a linear softmax on the descriptor
+    # (0: the triplet loss alone, as the paper).
+    class_loss_weight: float = Field(1.0, ge=0)
+    epochs: int = Field(20, ge=1)
+    crops_per_epoch: int = Field(1024, ge=8)
+    batch_size: int = Field(32, ge=4)  # class-balanced: each batch draws every class in turn
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    val_crops: int = Field(4, ge=1)  # per validation (and reference training) image, every epoch
+    gmm_components: int = Field(2, ge=1)  # per class, at most the class's crops allow
+    gmm_crops: int = Field(32, ge=1)  # crops per training image the mixtures are fitted on
+    # "none of these" below the log-likelihood that this share of validation crops (of known
+    # classes) fall under: 0.05 accepts 95% of them.
+    none_quantile: float = Field(0.05, ge=0, lt=1)
+    predict_crops: int = Field(1000, ge=1)  # crops per image at prediction (Larmuseau et al. use 1000)
+    predict_batch_size: int = Field(64, ge=1)
+    # Classes of the table kept out of training: their images count as "none of these" when
+    # evaluated (an open-set experiment).
+    leave_out: list[str] = Field(default_factory=list)
+
+    @field_validator("crop_um")
+    @classmethod
+    def _ordered_range(cls, value):
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ValueError(f"needs 0 < min <= max, got {list(value)}")
+        return value
+
+
 class ActiveLearningConfig(_Strict):
     """How the next tiles for experts are chosen (microal al ...)."""
 
@@ -402,6 +460,7 @@ class ProjectConfig(_Strict):
     uda: UdaConfig = Field(default_factory=UdaConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     al: ActiveLearningConfig = Field(default_factory=ActiveLearningConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     labelstudio: LabelStudioConfig = Field(default_factory=LabelStudioConfig)
 
     @field_validator("classes", mode="before")
@@ -428,6 +487,11 @@ class ProjectConfig(_Strict):
         weights = self.training.class_weights
         if isinstance(weights, list) and len(weights) != len(names):
             raise ValueError(f"training.class_weights: {len(weights)} weights for {len(names)} classes")
+        left_out = [name for name in self.classify.leave_out if name not in names]
+        if left_out:
+            raise ValueError(f"classify.leave_out: {left_out} not in the class table {names}")
+        if len(set(names) - set(self.classify.leave_out)) < 2:
+            raise ValueError("classify.leave_out: at least two classes must be left to train on")
         for ref in [c.label for c in self.ingest.mask_colors] + [self.ingest.unmatched_color_class]:
             if ref is not None and ref not in names:
                 raise ValueError(f"ingest: class {ref!r} is not in the class table {names}")

@@ -201,3 +201,51 @@ def batch_for_expert(
     fig.colorbar(shown, cax=fig.add_axes((0.935, 0.12, 0.01, 0.22)), label="entropy / log C")
     fig.suptitle("The batch an expert would label next, ranked by the model's uncertainty")
     _save(fig, path)
+
+
+def embedding_plane(
+    descriptors: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    open_set,
+    path: Path,
+    val_descriptors: np.ndarray | None = None,
+    val_labels: np.ndarray | None = None,
+) -> None:
+    """The classifier's descriptor plane (the first two dimensions): training crops by class,
+    validation crops hollow, and the 'none of these' boundary (the log-likelihood threshold)."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    colors = plt.get_cmap("tab10")
+    for index, name in enumerate(classes):
+        own = descriptors[labels == index]
+        ax.scatter(own[:, 0], own[:, 1], s=6, alpha=0.5, color=colors(index % 10), label=f"{name} (train)")
+        if val_descriptors is not None:
+            val = val_descriptors[val_labels == index]
+            ax.scatter(val[:, 0], val[:, 1], s=18, facecolors="none", edgecolors=colors(index % 10))
+    if descriptors.shape[1] == 2 and np.isfinite(open_set.threshold):
+        low, high = descriptors.min(axis=0), descriptors.max(axis=0)
+        pad = 0.15 * (high - low + 1e-6)
+        xs, ys = np.meshgrid(
+            np.linspace(low[0] - pad[0], high[0] + pad[0], 200), np.linspace(low[1] - pad[1], high[1] + pad[1], 200)
+        )
+        best = open_set.log_likelihoods(np.stack([xs.ravel(), ys.ravel()], axis=1)).max(axis=1).reshape(xs.shape)
+        ax.contour(xs, ys, best, levels=[open_set.threshold], colors="k", linestyles="--", linewidths=1)
+        ax.plot([], [], "k--", lw=1, label="'none of these' outside")
+    ax.set(xlabel="descriptor 1", ylabel="descriptor 2", title="crops in the descriptor plane (hollow: validation)")
+    ax.legend(fontsize=7, markerscale=2)
+    _save(fig, path)
+
+
+def confusion_figure(confusion: pd.DataFrame, path: Path) -> None:
+    """A confusion matrix (rows: true class, columns: decision), counts in the cells, each row
+    shaded by its share so rare classes read as clearly as common ones."""
+    counts = confusion.to_numpy()
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * counts.shape[1] + 2.5, 0.7 * counts.shape[0] + 2))
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if shares[i, j] > 0.6 else "black")
+    ax.set_xticks(range(counts.shape[1]), confusion.columns, rotation=30, ha="right")
+    ax.set_yticks(range(counts.shape[0]), confusion.index)
+    ax.set(xlabel="decision", ylabel="true class", title="confusion (shade: share of the row)")
+    _save(fig, path)

@@ -6,7 +6,19 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "microal"
 # The data flow; a stage may import from itself and from the stages before it.
-STAGES = ["data", "models", "planning", "backend", "training", "inference", "active", "report", "labelstudio", "cli"]
+STAGES = [
+    "data",
+    "models",
+    "planning",
+    "backend",
+    "training",
+    "inference",
+    "classify",
+    "active",
+    "report",
+    "labelstudio",
+    "cli",
+]
 SHARED = {"config", "errors", "files", "workspace", "plots", "console"}  # may be imported by any stage
 COMPOSED = {"demo"}  # the whole pipeline at once: only the command line imports it
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from microal import console
-from microal.cli import active, data, inference, labelstudio, planning, reporting, training, weights
+from microal.cli import active, classify, data, inference, labelstudio, planning, reporting, training, weights
 from microal.cli.common import add_verbose, add_workdir
 from microal.errors import MicroalError
 from microal.workspace import Workspace
@@ -89,6 +89,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
         reporting.add_report,
         reporting.cmd_report,
     ),
+    "classify": (
+        "whole micrographs by class, with 'none of these': train, predict, evaluate",
+        classify.add_classify,
+        None,
+    ),
     "al": ("active learning: init, ensemble, score, select, push, pull, run, simulate", active.add_al, None),
     "labelstudio": ("a local Label Studio server, and the labelling config", labelstudio.add_labelstudio, None),
     "compare": (
@@ -132,6 +137,8 @@ def log_file_for(args) -> Path | None:
         return ws.run(name) / LOG_FILE
     if args.command == "tune" and name:
         return ws.tune(name) / LOG_FILE
+    if args.command == "classify" and name and getattr(args, "classify_command", None) == "train":
+        return ws.run(name) / LOG_FILE
     if args.command == "al" and name:
         return ws.al(name) / LOG_FILE
     return ws.root / LOG_FILE

@@ -46,6 +46,7 @@ CATALOG_COLUMNS = [
     "crop_left",
     "crop_right",
     "mask_cropped",  # whether the mask was cut too (it had the uncropped image's size)
+    "label",  # the image's class (microal classify), or empty
 ]
 ID_LENGTH = 16
 
@@ -111,8 +112,9 @@ def _entries_from_manifest(manifest: Path, ingest: IngestConfig) -> list[_Entry]
         table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise InputError(manifest, f"cannot read CSV manifest ({error})") from None
-    # Per-image crop columns are taken under their own names unless the config maps them.
-    mapping = {"image": "image", "mask": "mask", **{f: f for f in CROP_FIELDS if f in table.columns}}
+    # Per-image crop columns and a `label` column are taken under their own names unless the config maps them.
+    own = [f for f in (*CROP_FIELDS, "label") if f in table.columns]
+    mapping = {"image": "image", "mask": "mask", **{f: f for f in own}}
     mapping.update(ingest.columns)
     if mapping["image"] not in table.columns:
         raise InputError(manifest, f"manifest has no image column {mapping['image']!r}; columns: {list(table.columns)}")
@@ -219,6 +221,7 @@ def _row(entry: _Entry, config: ProjectConfig) -> dict[str, object]:
         "domain": entry.fields.get("domain") or ingest.domain,
         **{f"crop_{edge}": value for edge, value in crop.model_dump().items()},
         "mask_cropped": mask_crop != Crop(),
+        "label": str(entry.fields.get("label") or "").strip() or None,
     }
     for column, value in entry.extra.items():
         row[column if column not in row else f"meta_{column}"] = value

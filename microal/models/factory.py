@@ -25,11 +25,7 @@ def build_model(model: ModelConfig, num_classes: int) -> torch.nn.Module:
     """An smp model with random weights, or ImageNet or local encoder weights as configured."""
     if model.arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
         raise ConfigError(f"model.arch: unknown architecture {model.arch!r}; valid: {architectures()}")
-    if model.encoder not in smp.encoders.get_encoder_names():
-        raise ConfigError(
-            f"model.encoder: unknown encoder {model.encoder!r}; "
-            "see segmentation_models_pytorch.encoders.get_encoder_names()"
-        )
+    check_encoder_name(model)
     try:
         net = smp.create_model(
             model.arch,
@@ -41,13 +37,26 @@ def build_model(model: ModelConfig, num_classes: int) -> torch.nn.Module:
         )
     except (TypeError, ValueError, KeyError) as error:
         raise ConfigError(f"model: {model.arch}/{model.encoder}: {error}") from None
+    load_configured_encoder_weights(net, model)
+    return net
+
+
+def check_encoder_name(model: ModelConfig) -> None:
+    if model.encoder not in smp.encoders.get_encoder_names():
+        raise ConfigError(
+            f"model.encoder: unknown encoder {model.encoder!r}; "
+            "see segmentation_models_pytorch.encoders.get_encoder_names()"
+        )
+
+
+def load_configured_encoder_weights(net: torch.nn.Module, model: ModelConfig) -> None:
+    """model.encoder_weights into `net.encoder`: none, a pretrained source, or a local file."""
     weights = model.encoder_weights
     if weights in pretrained.PRETRAINED:
         state, path = pretrained.encoder_state(model.encoder, weights)
         load_encoder_state(net, state, path)
     elif weights != "none":
         load_encoder_state(net, read_encoder_state(Path(weights)), Path(weights))
-    return net
 
 
 def adapt_first_conv(kernel: torch.Tensor, in_channels: int) -> torch.Tensor:

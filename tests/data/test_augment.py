@@ -39,3 +39,26 @@ def test_custom_and_bad_pipelines(tmp_path):
     bad.write_text("transform: {__class_fullname__: NoSuchTransform}\n")
     with pytest.raises(ConfigError, match="bad.yaml: not a valid albumentations pipeline"):
         load_pipeline(str(bad))
+
+
+def test_strong_loads_microal_transforms_by_their_full_names():
+    pipeline = load_pipeline("strong", seed=0)
+    names = [type(t).__name__ for t in pipeline.transforms]
+    assert "LocalBlur" in names and "EdgeView" in names
+    out = pipeline(image=IMAGE)["image"]
+    assert out.shape == IMAGE.shape and out.dtype == np.float32
+
+
+def test_local_blur_blurs_inside_its_disc_only_and_edge_view_keeps_only_edges():
+    from microal.data.augment import EdgeView, LocalBlur
+
+    noisy = rng.random((80, 80)).astype(np.float32)
+    blur = LocalBlur(radius_fraction=(0.2, 0.2), sigma=3.0, p=1.0)
+    out = blur.apply(noisy, centre=(40.0, 40.0), radius=16.0)
+    assert out[40, 40] != pytest.approx(noisy[40, 40], abs=1e-6)
+    assert np.std(out[34:46, 34:46]) < 0.5 * np.std(noisy[34:46, 34:46])  # smooth inside
+    np.testing.assert_array_equal(out[:10, :10], noisy[:10, :10])  # untouched far away
+    step = np.zeros((40, 40), np.float32)
+    step[:, 20:] = 1.0
+    edges = EdgeView(p=1.0).apply(step)
+    assert edges[:, :15].max() == 0 and edges[:, 25:].max() == 0 and edges[:, 19:21].max() == 1.0

@@ -1,0 +1,142 @@
+"""`microal classify train | predict | evaluate`: whole micrographs by class, with "none of these"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from microal.cli.common import (
+    add_address,
+    add_config,
+    add_storage_path,
+    add_workdir,
+    project_config,
+    storage_path,
+    workspace,
+)
+from microal.config import apply_overrides
+from microal.errors import MicroalError
+
+SPLITS = ("test", "val", "train", "unlabelled", "all")
+
+
+def cmd_train(args) -> None:
+    from microal.classify.train import train_classifier
+
+    ws = workspace(args)
+    config = project_config(args)
+    if args.workers is not None:
+        config = apply_overrides(config, {"training.num_workers": args.workers}, source="command line")
+    run = train_classifier(
+        config,
+        ws.catalog,
+        ws.run(args.name),
+        storage_path(args, ws),
+        args.name,
+        resume=args.resume,
+        address=args.address,
+    )
+    accuracy = run.best_metrics.get("val_accuracy", float("nan"))
+    print(f"classification: best epoch {int(run.best_metrics.get('epoch', 0))}: val_accuracy {accuracy:.3f}")
+    print(
+        f"'none of these' below log-likelihood {run.open_set.threshold:.2f} "
+        f"(set on {run.open_set.threshold_from} crops)"
+    )
+    print(f"output: {run.best_classifier}\ndescriptor plane: {run.run_dir / 'embedding.png'}")
+
+
+def _images(args):
+    """The catalog rows to predict: a split of the run, or named images."""
+    import pandas as pd
+
+    from microal.classify.classifier_file import CLASSIFIER_FILE
+    from microal.data.catalog import read_catalog
+
+    ws = workspace(args)
+    catalog = read_catalog(ws.catalog)
+    model = args.model or ws.run(args.name) / f"best_{CLASSIFIER_FILE}"
+    if args.images:
+        wanted = set(args.images)
+        stems = catalog.image_name.map(lambda n: Path(n).stem)
+        chosen = catalog[catalog.image_name.isin(wanted) | stems.isin(wanted)]
+        unknown = sorted(wanted - set(chosen.image_name) - set(stems[chosen.index]))
+        if unknown:
+            raise MicroalError(f"--images: not in the catalog: {unknown[:5]}")
+        return model, chosen
+    if args.split == "all":
+        return model, catalog
+    if args.split == "unlabelled":
+        labels = catalog.label if "label" in catalog else pd.Series(None, index=catalog.index)
+        return model, catalog[labels.isna() | (labels.astype(str).str.strip() == "")]
+    splits_file = ws.run(args.name) / "splits.csv"
+    if not splits_file.exists():
+        raise MicroalError(f"{splits_file}: no such run's split table; train it first, or give --images")
+    splits = pd.read_csv(splits_file)
+    chosen = catalog[catalog.image_id.isin(splits.image_id[splits.split == args.split])]
+    if chosen.empty:
+        raise MicroalError(f"run {args.name!r} has no {args.split} images")
+    return model, chosen
+
+
+def cmd_predict(args) -> None:
+    from microal.classify.classifier_file import load_classifier
+    from microal.classify.predict import predict_images, write_predictions
+
+    model, images = _images(args)
+    classifier = load_classifier(model)
+    table = predict_images(classifier, images, crops=args.crops)
+    path = write_predictions(table, workspace(args).predictions(args.name))
+    counts = table.decision.value_counts()
+    print(f"{len(table)} image(s): {', '.join(f'{c} {n}' for c, n in counts.items())}")
+    print(f"predictions: {path}")
+
+
+def cmd_evaluate(args) -> None:
+    from microal.classify.classifier_file import load_classifier
+    from microal.classify.evaluate import classification_metrics, write_evaluation
+    from microal.classify.predict import predict_images
+
+    model, images = _images(args)
+    classifier = load_classifier(model)
+    labelled = images[images.label.notna()] if "label" in images else images.iloc[:0]
+    if labelled.empty:
+        raise MicroalError("classify evaluate: none of these images has a label")
+    table = predict_images(classifier, labelled, crops=args.crops)
+    result = classification_metrics(table, labelled.label.reset_index(drop=True), classifier.classes)
+    out = write_evaluation(result, table.assign(label=labelled.label.to_numpy()), workspace(args).evaluation(args.name))
+    metrics = result["metrics"]
+    auroc = metrics["open_set_auroc"]
+    print(
+        f"{metrics['images']} image(s): accuracy {metrics['accuracy']:.3f}, "
+        f"balanced accuracy {metrics['balanced_accuracy']:.3f}"
+        + (f", open-set AUROC {auroc:.3f}" if auroc == auroc else "")  # (nan: no image of an unknown class)
+    )
+    print("recall: " + ", ".join(f"{c} {r:.2f}" for c, r in result["recall"].items()))
+    print(result["confusion"].to_string())
+    print(f"evaluation: {out}")
+
+
+def add_classify(p) -> None:
+    sub = p.add_subparsers(dest="classify_command", required=True, metavar="STEP")
+
+    def step(name, help_text, handler):
+        q = sub.add_parser(name, help=help_text, description=help_text)
+        add_workdir(q)
+        q.add_argument("--name", required=True, help="the classification run")
+        q.set_defaults(handler=handler)
+        return q
+
+    q = step("train", "train the metric embedding (Ray Train), then a Gaussian mixture per class", cmd_train)
+    add_config(q)
+    add_address(q)
+    add_storage_path(q, "the run's checkpoints")
+    q.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    q.add_argument("--workers", type=int, help="Ray Train workers (overrides training.num_workers)")
+    for name, help_text, handler in (
+        ("predict", "each image's class distribution and decision (or 'none') from many crops", cmd_predict),
+        ("evaluate", "accuracy, recall per class, confusion matrix, open-set AUROC on labelled images", cmd_evaluate),
+    ):
+        q = step(name, help_text, handler)
+        q.add_argument("--model", help="a classifier file (default runs/<name>/best_classifier.pt)")
+        q.add_argument("--split", choices=SPLITS, default="test", help="images of this split of the run (default test)")
+        q.add_argument("--images", nargs="+", help="these images instead (file names or stems)")
+        q.add_argument("--crops", type=int, help="crops per image (default classify.predict_crops)")

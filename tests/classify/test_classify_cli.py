@@ -1,0 +1,103 @@
+"""The classification track end to end on generated micrographs: ingest with labels, train the
+embedding on Ray, the open set, predict and evaluate; and what bad input says."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from microal.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def labelled_set(tmp_path_factory):
+    from microal.data.synth_classes import generate_classes
+
+    out = tmp_path_factory.mktemp("cls")
+    manifest, config = generate_classes(out, per_class=8, seed=2)
+    return manifest, config
+
+
+def _write(config: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(labelled_set, tmp_path_factory, ray_local):
+    manifest, config = labelled_set
+    config = {**config, "classify": {**config["classify"], "epochs": 4, "crops_per_epoch": 144}}
+    work = tmp_path_factory.mktemp("clswork")
+    path = _write(config, work / "config.yaml")
+    assert main(["ingest", str(manifest), "-c", str(path), "-w", str(work)]) == 0
+    assert main(["classify", "train", "-c", str(path), "-w", str(work), "--name", "c"]) == 0
+    return work, path
+
+
+def test_training_writes_a_classifier_with_its_open_set_and_a_descriptor_plane(trained, capsys):
+    from microal.classify.classifier_file import load_classifier
+
+    work, _ = trained
+    run = work / "runs" / "c"
+    classifier = load_classifier(run / "best_classifier.pt")
+    assert classifier.classes == ["particles", "lamellae", "network"]
+    assert classifier.open_set is not None and classifier.open_set.threshold_from == "validation"
+    history = pd.read_csv(run / "history.csv")
+    assert list(history.epoch) == [1, 2, 3, 4] and history.val_accuracy.notna().all()
+    assert (run / "embedding.png").stat().st_size > 10_000 and (run / "learning_curve.png").exists()
+    splits = pd.read_csv(run / "splits.csv")
+    for _, group in splits.groupby("sample"):  # a specimen on one side only
+        assert group.split.nunique() == 1
+
+
+def test_evaluate_tells_the_generated_classes_apart(trained, capsys):
+    work, _ = trained
+    assert main(["classify", "evaluate", "-w", str(work), "--name", "c", "--split", "train", "--crops", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "balanced accuracy" in out and "predicted" in out
+    metrics = pd.read_csv(work / "evaluation" / "c" / "metrics.csv").iloc[0]
+    assert metrics.images == 18
+    assert metrics.balanced_accuracy > 0.6  # chance is 1/3
+    assert (work / "evaluation" / "c" / "confusion.png").exists()
+
+
+def test_predict_writes_a_distribution_per_image_and_a_decision(trained, capsys):
+    work, _ = trained
+    assert main(["classify", "predict", "-w", str(work), "--name", "c", "--images", "network001", "--crops", "4"]) == 0
+    table = pd.read_csv(work / "predictions" / "c" / "classes.csv")
+    assert list(table.image_name) == ["network001.png"]
+    shares = table[["p_particles", "p_lamellae", "p_network", "p_none"]].iloc[0]
+    assert shares.sum() == pytest.approx(1.0) and table.decision[0] in {"particles", "lamellae", "network", "none"}
+    assert main(["classify", "predict", "-w", str(work), "--name", "c", "--images", "nosuch"]) == 2
+    assert "not in the catalog: ['nosuch']" in capsys.readouterr().err
+
+
+def test_a_left_out_class_counts_as_none_and_gets_an_open_set_auroc(trained, labelled_set, capsys):
+    from microal.classify.classifier_file import load_classifier
+    from microal.classify.evaluate import classification_metrics
+    from microal.classify.predict import predict_images
+    from microal.data.catalog import read_catalog
+
+    work, _ = trained
+    catalog = read_catalog(work / "catalog.parquet")
+    classifier = load_classifier(work / "runs" / "c" / "best_classifier.pt")
+    images = catalog.groupby("label").head(2)
+    table = predict_images(classifier, images, crops=4, progress=False)
+    result = classification_metrics(table, images.label.reset_index(drop=True), ["particles", "network"])
+    metrics = result["metrics"]
+    assert metrics["images"] == 6 and 0 <= metrics["open_set_auroc"] <= 1
+    assert "none" in result["confusion"].index  # lamellae images are "none" to a model without lamellae
+
+
+def test_a_label_outside_the_class_table_is_named_with_its_image(labelled_set, tmp_path, capsys):
+    manifest, config = labelled_set
+    table = pd.read_csv(manifest)
+    table.loc[3, "label"] = "martensite"
+    bad = manifest.parent / "bad.csv"
+    table.to_csv(bad, index=False)
+    path = _write(config, tmp_path / "config.yaml")
+    assert main(["ingest", str(bad), "-c", str(path), "-w", str(tmp_path)]) == 0
+    assert main(["classify", "train", "-c", str(path), "-w", str(tmp_path), "--name", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "particles003.png" in err and "'martensite' is not in the class table" in err

@@ -1,0 +1,52 @@
+"""The classification loop without Ray (LocalSession): it learns, checkpoints, and resumes where
+it stopped; and the open set it leaves in the classifier file."""
+
+import numpy as np
+import pytest
+
+from microal.classify.classifier_file import CLASSIFIER_FILE, load_classifier, read_classifier_file
+from microal.classify.train import ClassifyJob, build_data, classify_worker, nearest_centroid_accuracy
+from microal.config import apply_overrides, parse_config
+from microal.data.catalog import ingest
+from microal.training.local import LocalSession
+
+
+@pytest.fixture(scope="module")
+def catalog_and_config(tmp_path_factory):
+    from microal.data.synth_classes import generate_classes
+
+    out = tmp_path_factory.mktemp("cls-local")
+    manifest, config = generate_classes(out, per_class=6, seed=4)
+    config = parse_config(config)
+    ingest(manifest, config, out / "catalog.parquet", progress=False)
+    return out / "catalog.parquet", config
+
+
+def test_nearest_centroid_accuracy_is_balanced_over_the_probe_classes():
+    reference = np.array([[0.0, 0], [0, 0.2], [5, 5], [5, 5.2]])
+    labels = np.array([0, 0, 1, 1])
+    probe = np.array([[0.1, 0], [0.2, 0.1], [0.1, 0.2], [4.8, 5]])  # three of class 0, one of class 1
+    assert nearest_centroid_accuracy(reference, labels, probe, np.array([0, 0, 0, 1])) == 1.0
+    assert nearest_centroid_accuracy(reference, labels, probe, np.array([0, 0, 1, 1])) == 0.75
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_planned(catalog_and_config, tmp_path):
+    catalog, config = catalog_and_config
+    config = apply_overrides(config, {"classify.epochs": 3, "classify.crops_per_epoch": 48})
+    data, splits = build_data(config, catalog)
+    assert set(splits.split) >= {"train", "val"}
+    first = LocalSession(cpus=2, checkpoint_root=tmp_path / "a")
+    classify_worker(ClassifyJob(apply_overrides(config, {"classify.epochs": 2}), data), first)
+    assert first.checkpointed_epochs == [1, 2] or first.checkpointed_epochs[-1] == 2
+    blob = read_classifier_file(first.reports[-1][1] / CLASSIFIER_FILE)
+    assert blob["classes"] == ["particles", "lamellae", "network"] and blob["open_set"] is None
+    resumed = LocalSession(cpus=2, checkpoint_root=tmp_path / "b", resume_from=first.reports[-1][1])
+    classify_worker(ClassifyJob(config, data), resumed)
+    epochs = [int(m["epoch"]) for m, _ in resumed.reports]
+    assert epochs == [3]  # only the missing epoch ran
+    final = read_classifier_file(resumed.reports[-1][1] / CLASSIFIER_FILE)
+    assert [int(h["epoch"]) for h in final["history"]] == [1, 2, 3]
+    assert final["history"][-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the cosine ended at the planned last epoch
+    loaded = load_classifier(resumed.reports[-1][1] / CLASSIFIER_FILE)
+    descriptors = loaded.describe(np.zeros((2, 1, 64, 64), np.float32) + 0, np.zeros((2, 1), np.float32))
+    assert descriptors.shape == (2, config.classify.embedding_dim)
