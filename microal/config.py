@@ -296,6 +296,28 @@ class PretrainConfig(_Strict):
     use_unlabelled: bool = True  # images without masks take part (they are the point of SSL)
 
 
+class SitesConfig(_Strict):
+    """Candidate sites in a large stitched panorama (microal classify sites): pixels darker (or
+    brighter) than a threshold, joined into connected components, kept within an area range;
+    each is cut at one physical size around its centre and classified."""
+
+    polarity: Literal["dark", "bright"] = "dark"  # damage sites (voids, cracks) are dark in SE images
+    # Intensity threshold in 0..1 of the panorama's dtype range, or "otsu" (found on a thumbnail).
+    threshold: float | Literal["otsu"] = "otsu"
+    min_area_um2: float = Field(0.5, ge=0)
+    max_area_um2: float | None = Field(200.0, gt=0)
+    crop_um: float = Field(10.0, gt=0)  # side of the crop classified around each site
+    block_px: int = Field(2048, ge=64)  # rows read at a time (the panorama is never read whole)
+
+    @model_validator(mode="after")
+    def _area_range(self):
+        if self.max_area_um2 is not None and self.max_area_um2 < self.min_area_um2:
+            raise ValueError("max_area_um2 must be at least min_area_um2")
+        if isinstance(self.threshold, float) and not 0 < self.threshold < 1:
+            raise ValueError("threshold must lie within 0..1 (or be 'otsu')")
+        return self
+
+
 class ClassifyConfig(_Strict):
     """Whole micrographs by class (microal classify): the class table is the config's `classes`,
     each image's class the catalog's `label`. Random crops of varying physical size, resampled to
@@ -333,6 +355,7 @@ class ClassifyConfig(_Strict):
     # Classes of the table kept out of training: their images count as "none of these" when
     # evaluated (an open-set experiment).
     leave_out: list[str] = Field(default_factory=list)
+    sites: SitesConfig = Field(default_factory=SitesConfig)
 
     @field_validator("crop_um")
     @classmethod

@@ -249,3 +249,43 @@ def confusion_figure(confusion: pd.DataFrame, path: Path) -> None:
     ax.set_yticks(range(counts.shape[0]), confusion.index)
     ax.set(xlabel="decision", ylabel="true class", title="confusion (shade: share of the row)")
     _save(fig, path)
+
+
+def saliency_figure(image: np.ndarray, overlays: list[tuple[str, np.ndarray]], path: Path, title: str = "") -> None:
+    """The micrograph, then each map (0..1) as a heat overlay on it, side by side."""
+    panels = len(overlays) + 1
+    aspect = image.shape[1] / image.shape[0]
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * aspect * panels, 3.6))
+    axes[0].imshow(image, cmap="gray")
+    axes[0].set_title("micrograph", fontsize=9)
+    for ax, (name, values) in zip(axes[1:], overlays, strict=True):
+        ax.imshow(image, cmap="gray")
+        shown = ax.imshow(values, cmap="inferno", alpha=0.5, vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+    fig.colorbar(shown, ax=axes[-1], fraction=0.046, pad=0.02)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def sites_overview(thumbnail: np.ndarray, step: int, sites: pd.DataFrame, classes: list[str], path: Path) -> None:
+    """A thumbnail of the panorama with each site marked in its class's colour."""
+    aspect = thumbnail.shape[1] / thumbnail.shape[0]
+    fig, ax = plt.subplots(figsize=(min(16, 6 * aspect + 2), 6))
+    ax.imshow(thumbnail, cmap="gray")
+    colors = plt.get_cmap("tab10")
+    for index, name in enumerate(classes):
+        own = sites[sites["class"] == name]
+        ax.scatter(
+            own.x / step,
+            own.y / step,
+            s=14,
+            facecolors="none",
+            edgecolors=[colors(index % 10)],
+            label=f"{name} ({len(own)})",
+        )
+    ax.set_title(f"{len(sites)} sites")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.axis("off")
+    _save(fig, path)

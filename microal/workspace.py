@@ -36,6 +36,14 @@ class Workspace:
     def evaluation(self, name: str) -> Path:
         return self.root / "evaluation" / name
 
+    def saliency(self, name: str) -> Path:
+        """Saliency figures (evidence maps, Grad-CAM) of a run's model on chosen images."""
+        return self.root / "saliency" / name
+
+    def sites(self, name: str) -> Path:
+        """Sites found and classified in panoramas by a classification run."""
+        return self.root / "sites" / name
+
     def tune(self, name: str) -> Path:
         """A search's results (results.csv, best_config.yaml, trials.png)."""
         return self.root / "tune" / name

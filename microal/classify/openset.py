@@ -36,6 +36,23 @@ class OpenSet:
         ]
         return np.stack(columns, axis=1)
 
+    def class_log_likelihood_torch(self, descriptors, index: int):
+        """A class's mixture log-likelihood of each descriptor as a differentiable torch tensor
+        (Grad-CAM's target): the same value score_samples gives, from the fitted parameters."""
+        import torch
+
+        mixture = self.mixtures[index]
+        if mixture is None:
+            raise ValueError(f"class {self.classes[index]!r} has no mixture (no training crops)")
+        x = descriptors.double()
+        terms = []
+        for weight, mean, cholesky in zip(mixture.weights_, mixture.means_, mixture.precisions_cholesky_, strict=True):
+            cholesky = torch.as_tensor(cholesky, dtype=torch.float64)
+            y = (x - torch.as_tensor(mean, dtype=torch.float64)) @ cholesky
+            log_det = torch.log(torch.diagonal(cholesky)).sum()
+            terms.append(np.log(weight) - 0.5 * (x.shape[1] * np.log(2 * np.pi) + (y**2).sum(dim=1)) + log_det)
+        return torch.logsumexp(torch.stack(terms, dim=1), dim=1)
+
     def crop_distribution(self, descriptors: np.ndarray) -> np.ndarray:
         """(crops x classes+1): class probabilities of each crop, or all its mass on the last
         column ("none") when its best log-likelihood is below the threshold."""

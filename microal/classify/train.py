@@ -55,6 +55,7 @@ from microal.training.loop import (
     prepare_network,
     report_epoch,
     restore_state,
+    set_schedule_epochs,
     warmup_cosine,
     worker_compute,
 )
@@ -165,6 +166,7 @@ def classify_worker(job: ClassifyJob, session: WorkerSession) -> None:
     scheduler = warmup_cosine(optimizer, settings.epochs, training.warmup)
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": compute.scaler}
     start_epoch, history = restore_state(session, net, stateful)
+    set_schedule_epochs(scheduler, settings.epochs)  # a resumed run may have been given more epochs
     attempt = next_attempt(history)
     selection = job.selection if validation is not None else ("train_loss", "min")
     plan = EpochPlan(training, settings.epochs, selection, history)

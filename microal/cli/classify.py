@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from microal.cli.common import (
     add_address,
     add_config,
@@ -115,6 +117,72 @@ def cmd_evaluate(args) -> None:
     print(f"evaluation: {out}")
 
 
+def cmd_saliency(args) -> None:
+    from microal.classify.classifier_file import load_classifier
+    from microal.classify.labels import NONE_CLASS
+    from microal.classify.saliency import classifier_grad_cam, evidence_map
+    from microal.data.imageio import read_catalog_image
+    from microal.plots import saliency_figure
+
+    model, images = _images(args)
+    classifier = load_classifier(model)
+    if classifier.open_set is None:
+        raise MicroalError(f"{model}: no open set in the classifier file (its training did not finish)")
+    names = [*classifier.classes, NONE_CLASS]
+    out = workspace(args).saliency(args.name)
+    for _, row in images.iterrows():
+        image = read_catalog_image(row, classifier.config.ingest)
+        evidence = evidence_map(classifier, image, float(row.um_per_px), crops=args.crops or 400)
+        share = evidence.reshape(len(names), -1).mean(axis=1)
+        decision = int(np.argmax(share))
+        shown = decision if decision < len(classifier.classes) else int(np.argmax(share[:-1]))
+        overlays = [(f"evidence: {names[shown]}", evidence[shown]), ("evidence: none of these", evidence[-1])]
+        overlays.append(
+            (f"Grad-CAM: {names[shown]}", classifier_grad_cam(classifier, image, float(row.um_per_px), shown))
+        )
+        path = out / f"{Path(row.image_name).stem}.png"
+        saliency_figure(
+            image, overlays, path, title=f"{row.image_name}: {names[decision]} ({share[decision]:.0%} of the evidence)"
+        )
+        print(f"{row.image_name}: {names[decision]} -> {path}")
+
+
+def cmd_sites(args) -> None:
+    import math
+
+    from microal.classify.classifier_file import CLASSIFIER_FILE, load_classifier
+    from microal.classify.labels import NONE_CLASS
+    from microal.classify.sites import classify_sites, site_densities
+    from microal.data.panorama import THUMBNAIL_SIDE, find_sites, open_panorama
+    from microal.files import atomic_path
+    from microal.plots import sites_overview
+
+    ws = workspace(args)
+    classifier = load_classifier(args.model or ws.run(args.name) / f"best_{CLASSIFIER_FILE}")
+    if classifier.open_set is None:
+        raise MicroalError(f"{classifier.path}: no open set in the classifier file (its training did not finish)")
+    settings = project_config(args).classify.sites if args.config else classifier.config.classify.sites
+    panorama = open_panorama(args.panorama, args.um_per_px)
+    height, width = panorama.shape
+    print(
+        f"{panorama.path.name}: {width}x{height} px at {panorama.um_per_px} µm/px, "
+        f"read {settings.block_px} rows at a time"
+    )
+    sites = find_sites(panorama, settings)
+    print(f"{len(sites)} candidate site(s) of {settings.min_area_um2}-{settings.max_area_um2} µm²")
+    classified = classify_sites(classifier, panorama, sites, settings)
+    densities = site_densities(classified, panorama, classifier.classes)
+    out = ws.sites(args.name) / Path(args.panorama).stem
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in (("sites.csv", classified), ("densities.csv", densities)):
+        with atomic_path(out / name) as tmp:
+            table.to_csv(tmp, index=False)
+    step = max(1, math.ceil(max(panorama.shape) / THUMBNAIL_SIDE))
+    sites_overview(panorama.thumbnail(), step, classified, [*classifier.classes, NONE_CLASS], out / "overview.png")
+    print(densities.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"sites: {out / 'sites.csv'}; densities: {out / 'densities.csv'}; overview: {out / 'overview.png'}")
+
+
 def add_classify(p) -> None:
     sub = p.add_subparsers(dest="classify_command", required=True, metavar="STEP")
 
@@ -140,3 +208,14 @@ def add_classify(p) -> None:
         q.add_argument("--split", choices=SPLITS, default="test", help="images of this split of the run (default test)")
         q.add_argument("--images", nargs="+", help="these images instead (file names or stems)")
         q.add_argument("--crops", type=int, help="crops per image (default classify.predict_crops)")
+    q = step("saliency", "where each class's evidence sits: the crops' evidence map and Grad-CAM, as PNG", cmd_saliency)
+    q.add_argument("--model", help="a classifier file (default runs/<name>/best_classifier.pt)")
+    q.add_argument("--split", choices=SPLITS, default="test", help="images of this split of the run (default test)")
+    q.add_argument("--images", nargs="+", help="these images instead (file names or stems)")
+    q.add_argument("--crops", type=int, help="overlapping crops per image for the evidence map (default 400)")
+    q = step("sites", "find candidate sites in a large panorama, classify each, and their density per mm²", cmd_sites)
+    q.add_argument("--panorama", required=True, help="a stitched panorama (TIFF, read lazily)")
+    q.add_argument("--um-per-px", type=float, required=True, help="the panorama's pixel size")
+    q.add_argument("--model", help="a classifier file (default runs/<name>/best_classifier.pt)")
+    add_config(q, required=False)
+    q.set_defaults(config=None)

@@ -72,6 +72,44 @@ def cmd_compare(args) -> None:
     print(f"table: {out / 'compare.csv'}; overlays side by side: {out / 'compare.png'}")
 
 
+def cmd_saliency(args) -> None:
+    import pandas as pd
+
+    from microal.data.catalog import read_catalog
+    from microal.data.imageio import read_catalog_image
+    from microal.inference.predict import select_images
+    from microal.inference.saliency import segmentation_grad_cam
+    from microal.models.model_file import MODEL_FILE, load_model
+    from microal.plots import saliency_figure
+
+    ws = workspace(args)
+    model_file = Path(args.model) if args.model else ws.run(args.name) / f"best_{MODEL_FILE}"
+    model = load_model(model_file)
+    names = model.config.class_names
+    unknown = sorted(set(args.classes or []) - set(names))
+    if unknown:
+        raise MicroalError(f"--classes: {unknown} not in the model's classes {names}")
+    catalog = select_images(read_catalog(ws.catalog), model_file, split=None, images=args.images)
+    out = ws.saliency(args.name)
+    for _, row in catalog.iterrows():
+        image = read_catalog_image(row, model.config.ingest)
+        um_per_px = None if pd.isna(row.um_per_px) else float(row.um_per_px)
+        overlays = [
+            (f"Grad-CAM: {name}", segmentation_grad_cam(model, image, um_per_px, names.index(name), str(row.domain)))
+            for name in (args.classes or names)
+        ]
+        path = out / f"{Path(row.image_name).stem}.png"
+        saliency_figure(image, overlays, path, title=f"{row.image_name}: where the encoder sees each class")
+        print(f"{row.image_name} -> {path}")
+
+
+def add_saliency(p) -> None:
+    p.add_argument("--name", default="run", help="run whose best model to use")
+    p.add_argument("--model", help="a model file instead of the run's best_model.pt")
+    p.add_argument("--images", nargs="+", metavar="NAME", required=True, help="images (file names or stems)")
+    p.add_argument("--classes", nargs="+", help="classes to show (default: all)")
+
+
 def add_predict(p) -> None:
     p.add_argument("--name", default="run", help="run whose best model to use")
     p.add_argument("--model", help="a model file instead of the run's best_model.pt")

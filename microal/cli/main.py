@@ -47,6 +47,7 @@ IN_WORKDIR = {
     "evaluate",
     "compare",
     "report",
+    "saliency",
 }
 
 COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
@@ -83,6 +84,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
         "mIoU, per-class IoU, phase-fraction error, RDT, overlays",
         inference.add_evaluate,
         inference.cmd_evaluate,
+    ),
+    "saliency": (
+        "Grad-CAM of a segmentation model: where the encoder sees each class, as PNG overlays",
+        inference.add_saliency,
+        inference.cmd_saliency,
     ),
     "report": (
         "one self-contained HTML report of a run or an active-learning project",

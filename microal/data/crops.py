@@ -54,12 +54,18 @@ def log_density(crop_px: float, um_per_px: float, crop_size: int) -> float:
     return math.log10(crop_size / (crop_px * um_per_px))
 
 
-def cut_crop(image: np.ndarray, side: float, centre_y: float, centre_x: float, crop_size: int) -> np.ndarray:
-    """A square of `side` pixels centred near (y, x), kept inside the image, resampled to crop_size."""
-    height, width = image.shape
+def crop_box(shape: tuple[int, int], side: float, centre_y: float, centre_x: float) -> tuple[int, int, int]:
+    """(top, left, side) of a square of `side` pixels centred near (y, x), kept inside the image."""
+    height, width = shape[:2]
     side_px = max(1, min(int(round(side)), height, width))
     top = int(np.clip(round(centre_y - side_px / 2), 0, height - side_px))
     left = int(np.clip(round(centre_x - side_px / 2), 0, width - side_px))
+    return top, left, side_px
+
+
+def cut_crop(image: np.ndarray, side: float, centre_y: float, centre_x: float, crop_size: int) -> np.ndarray:
+    """A square of `side` pixels centred near (y, x), kept inside the image, resampled to crop_size."""
+    top, left, side_px = crop_box(image.shape, side, centre_y, centre_x)
     patch = image[top : top + side_px, left : left + side_px]
     interpolation = cv2.INTER_AREA if side_px > crop_size else cv2.INTER_LINEAR
     return cv2.resize(patch, (crop_size, crop_size), interpolation=interpolation)

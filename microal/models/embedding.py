@@ -32,6 +32,9 @@ class EmbeddingNet(nn.Module):
             nn.Linear(features + 1, hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, embedding_dim),
+            # Unit spread per dimension: without it the triplet margin is met by scaling the
+            # plane up, and the crops collapse onto a line (seen on a real set).
+            nn.BatchNorm1d(embedding_dim, affine=False),
         )
         self.classify = nn.Linear(features + 1, classes)
 

@@ -3,6 +3,7 @@ embedding on Ray, the open set, predict and evaluate; and what bad input says.""
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -84,10 +85,11 @@ def test_a_left_out_class_counts_as_none_and_gets_an_open_set_auroc(trained, lab
     classifier = load_classifier(work / "runs" / "c" / "best_classifier.pt")
     images = catalog.groupby("label").head(2)
     table = predict_images(classifier, images, crops=4, progress=False)
-    result = classification_metrics(table, images.label.reset_index(drop=True), ["particles", "network"])
+    truth = images.label.replace({"lamellae": "martensite"}).reset_index(drop=True)  # a class it never saw
+    result = classification_metrics(table, truth, classifier.classes)
     metrics = result["metrics"]
     assert metrics["images"] == 6 and 0 <= metrics["open_set_auroc"] <= 1
-    assert "none" in result["confusion"].index  # lamellae images are "none" to a model without lamellae
+    assert result["confusion"].loc["none"].sum() == 2  # the unseen class's images are counted as "none"
 
 
 def test_a_label_outside_the_class_table_is_named_with_its_image(labelled_set, tmp_path, capsys):
@@ -101,3 +103,45 @@ def test_a_label_outside_the_class_table_is_named_with_its_image(labelled_set, t
     assert main(["classify", "train", "-c", str(path), "-w", str(tmp_path), "--name", "x"]) == 2
     err = capsys.readouterr().err
     assert "particles003.png" in err and "'martensite' is not in the class table" in err
+
+
+def test_saliency_draws_the_evidence_and_grad_cam_of_an_image(trained, capsys):
+    from microal.classify.classifier_file import load_classifier
+    from microal.classify.saliency import evidence_map
+    from microal.data.catalog import read_catalog
+    from microal.data.imageio import read_catalog_image
+
+    work, _ = trained
+    assert (
+        main(["classify", "saliency", "-w", str(work), "--name", "c", "--images", "lamellae002", "--crops", "24"]) == 0
+    )
+    figure = work / "saliency" / "c" / "lamellae002.png"
+    assert figure.stat().st_size > 10_000 and str(figure) in capsys.readouterr().out
+    classifier = load_classifier(work / "runs" / "c" / "best_classifier.pt")
+    row = read_catalog(work / "catalog.parquet").iloc[0]
+    image = read_catalog_image(row, classifier.config.ingest)
+    evidence = evidence_map(classifier, image, float(row.um_per_px), crops=40)
+    assert evidence.shape == (4, *image.shape)
+    covered = evidence.sum(axis=0) > 0
+    assert covered.mean() > 0.9 and np.allclose(evidence.sum(axis=0)[covered], 1.0)  # a distribution per pixel
+
+
+def test_sites_in_a_panorama_are_found_classified_and_counted_per_square_millimetre(trained, tmp_path, capsys):
+    from microal.data.synth_panorama import generate_panorama
+
+    work, _ = trained
+    pano = tmp_path / "pano.tif"
+    planted = generate_panorama(pano, shape=(1024, 768), um_per_px=0.1, sites=10)
+    assert (
+        main(["classify", "sites", "-w", str(work), "--name", "c", "--panorama", str(pano), "--um-per-px", "0.1"]) == 0
+    )
+    out = work / "sites" / "c" / "pano"
+    sites = pd.read_csv(out / "sites.csv")
+    assert len(sites) == len(planted)  # Otsu threshold, default area limits: the region and the speck are out
+    assert set(sites["class"]) <= {"particles", "lamellae", "network", "none"}
+    assert sites.probability.between(0, 1).all() and np.allclose(sites.x_um, sites.x * 0.1)
+    densities = pd.read_csv(out / "densities.csv")
+    assert densities.sites.sum() == len(planted)
+    assert np.allclose(densities.per_mm2, densities.sites / (1024 * 768 * 0.01 / 1e6))
+    assert (out / "overview.png").stat().st_size > 10_000
+    assert "sites:" in capsys.readouterr().out

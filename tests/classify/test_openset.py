@@ -44,3 +44,16 @@ def test_the_none_quantile_moves_the_threshold():
     strict = fit_open_set(x, y, ["a", "b"], 1, 0.3, x, y)
     assert strict.threshold > loose.threshold
     assert strict.crop_distribution(x)[:, -1].mean() == pytest.approx(0.3, abs=0.02)
+
+
+def test_the_torch_log_likelihood_matches_the_mixture_and_has_gradients():
+    import torch
+
+    rng = np.random.default_rng(3)
+    x, y = _clusters(rng, 100)
+    open_set = fit_open_set(x, y, ["a", "b"], components=2, none_quantile=0.05)
+    probe = torch.tensor(rng.normal(size=(5, 2)), requires_grad=True)
+    value = open_set.class_log_likelihood_torch(probe, 1)
+    np.testing.assert_allclose(value.detach().numpy(), open_set.log_likelihoods(probe.detach().numpy())[:, 1])
+    value.sum().backward()
+    assert probe.grad is not None and torch.isfinite(probe.grad).all()

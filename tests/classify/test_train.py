@@ -3,6 +3,7 @@ it stopped; and the open set it leaves in the classifier file."""
 
 import numpy as np
 import pytest
+import torch
 
 from microal.classify.classifier_file import CLASSIFIER_FILE, load_classifier, read_classifier_file
 from microal.classify.train import ClassifyJob, build_data, classify_worker, nearest_centroid_accuracy
@@ -48,5 +49,5 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_planned(catalog_a
     assert [int(h["epoch"]) for h in final["history"]] == [1, 2, 3]
     assert final["history"][-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the cosine ended at the planned last epoch
     loaded = load_classifier(resumed.reports[-1][1] / CLASSIFIER_FILE)
-    descriptors = loaded.describe(np.zeros((2, 1, 64, 64), np.float32) + 0, np.zeros((2, 1), np.float32))
+    descriptors = loaded.describe(torch.zeros(2, 1, 64, 64), torch.zeros(2, 1))
     assert descriptors.shape == (2, config.classify.embedding_dim)

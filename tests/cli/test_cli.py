@@ -57,6 +57,11 @@ def test_steps_one_by_one(ray_local, synth_dir, tmp_path, capsys):
     assert set(predictions.image_id) == set(held_out) and (tmp_path / "ens" / predictions.uncertainty_file[0]).exists()
     assert main(["predict", "--name", "cli", "--images", "nope.tif", *work]) == 2
     assert "not in the catalog: ['nope.tif']" in capsys.readouterr().err
+    assert main(["saliency", "--name", "cli", "--images", "b000", "--classes", "particles", *work]) == 0
+    figure = tmp_path / "w" / "saliency" / "cli" / "b000.png"
+    assert figure.stat().st_size > 10_000 and str(figure) in capsys.readouterr().out
+    assert main(["saliency", "--name", "cli", "--images", "b000", "--classes", "austenite", *work]) == 2
+    assert "'austenite'" in capsys.readouterr().err
 
 
 def test_readme_demo_command(tmp_path):
