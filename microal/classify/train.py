@@ -40,6 +40,7 @@ from microal.data.crops import BalancedCrops, FixedCrops, ImageStore
 from microal.data.splits import TRAIN, VAL
 from microal.errors import MicroalError
 from microal.files import atomic_path
+from microal.models.compute import autocast
 from microal.models.embedding import build_embedding_net
 from microal.models.model_file import read_history
 from microal.plots import embedding_plane, learning_curve
@@ -99,8 +100,6 @@ def class_indices(rows: pd.DataFrame, classes: list[str]) -> np.ndarray:
 @torch.no_grad()
 def describe_crops(net, dataset, batch_size: int, compute=None) -> tuple[np.ndarray, np.ndarray]:
     """Descriptors of every crop of a FixedCrops set, and the store index of each crop's image."""
-    from microal.models.compute import autocast
-
     net.eval()
     device = next(net.parameters()).device
     precision = compute.precision if compute is not None else "fp32"

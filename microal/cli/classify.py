@@ -117,6 +117,24 @@ def cmd_evaluate(args) -> None:
     print(f"evaluation: {out}")
 
 
+def cmd_rank(args) -> None:
+    from microal.classify.acquire import rank_images
+    from microal.classify.classifier_file import load_classifier
+    from microal.classify.predict import predict_images
+    from microal.files import atomic_path
+
+    model, images = _images(args)
+    table = predict_images(load_classifier(model), images, crops=args.crops)
+    ranked = rank_images(table, by=args.by, k=args.k)
+    path = workspace(args).predictions(args.name) / f"next_by_{args.by}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        ranked.to_csv(tmp, index=False)
+    for _, row in ranked.iterrows():
+        print(f"{row['rank']:3d}. {row.image_name}: {args.by} {row[args.by]:.3f} (now: {row.decision})")
+    print(f"ranking: {path}")
+
+
 def cmd_saliency(args) -> None:
     from microal.classify.classifier_file import load_classifier
     from microal.classify.labels import NONE_CLASS
@@ -208,6 +226,13 @@ def add_classify(p) -> None:
         q.add_argument("--split", choices=SPLITS, default="test", help="images of this split of the run (default test)")
         q.add_argument("--images", nargs="+", help="these images instead (file names or stems)")
         q.add_argument("--crops", type=int, help="crops per image (default classify.predict_crops)")
+    q = step("rank", "unlabelled micrographs an expert should label next, by entropy or novelty", cmd_rank)
+    q.add_argument("--model", help="a classifier file (default runs/<name>/best_classifier.pt)")
+    q.add_argument("--split", choices=SPLITS, default="unlabelled", help="images to rank (default: the unlabelled)")
+    q.add_argument("--images", nargs="+", help="these images instead (file names or stems)")
+    q.add_argument("--crops", type=int, help="crops per image (default classify.predict_crops)")
+    q.add_argument("--by", choices=["entropy", "novelty"], default="entropy")
+    q.add_argument("--k", type=int, default=8, help="how many to list (default 8)")
     q = step("saliency", "where each class's evidence sits: the crops' evidence map and Grad-CAM, as PNG", cmd_saliency)
     q.add_argument("--model", help="a classifier file (default runs/<name>/best_classifier.pt)")
     q.add_argument("--split", choices=SPLITS, default="test", help="images of this split of the run (default test)")

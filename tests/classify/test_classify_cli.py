@@ -72,6 +72,10 @@ def test_predict_writes_a_distribution_per_image_and_a_decision(trained, capsys)
     assert shares.sum() == pytest.approx(1.0) and table.decision[0] in {"particles", "lamellae", "network", "none"}
     assert main(["classify", "predict", "-w", str(work), "--name", "c", "--images", "nosuch"]) == 2
     assert "not in the catalog: ['nosuch']" in capsys.readouterr().err
+    rank = ["classify", "rank", "-w", str(work), "--name", "c", "--split", "val", "--by", "novelty", "--k", "2"]
+    assert main([*rank, "--crops", "4"]) == 0
+    ranked = pd.read_csv(work / "predictions" / "c" / "next_by_novelty.csv")
+    assert list(ranked["rank"]) == [1, 2] and ranked.novelty.is_monotonic_decreasing
 
 
 def test_a_left_out_class_counts_as_none_and_gets_an_open_set_auroc(trained, labelled_set, capsys):
