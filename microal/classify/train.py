@@ -39,12 +39,10 @@ from microal.data.catalog import read_catalog
 from microal.data.crops import BalancedCrops, FixedCrops, ImageStore
 from microal.data.splits import TRAIN, VAL
 from microal.errors import MicroalError
-from microal.files import atomic_path
 from microal.models.compute import autocast
 from microal.models.embedding import build_embedding_net
-from microal.models.model_file import read_history
-from microal.plots import embedding_plane, learning_curve
-from microal.training.jobs import check_run_name, run_spec, save_splits, worker_cpus
+from microal.plots import embedding_plane
+from microal.training.jobs import check_run_name, export_history, run_spec, save_splits, worker_cpus
 from microal.training.loop import (
     EpochPlan,
     WorkerSession,
@@ -264,7 +262,7 @@ def train_classifier(
     resume: bool = False,
     address: str | None = None,
 ) -> ClassifierRun:
-    """Train the embedding (Ray Train), then fit the open set into best_ and last_classifier.pt."""
+    """Train the embedding (Ray Train), then fit the open set into best_classifier.pt."""
     check_run_name(storage_path, name, resume)
     data, splits = build_data(config, catalog_path)
     save_splits(splits, run_dir)
@@ -285,10 +283,7 @@ def train_classifier(
     spec = run_spec(config, name, storage_path, cpus, job.selection, export_dir=run_dir, files=(CLASSIFIER_FILE,))
     outcome = ray_backend.fit(classify_worker, job, spec)
     best = run_dir / f"best_{CLASSIFIER_FILE}"
-    history = pd.DataFrame(read_history(run_dir / f"last_{CLASSIFIER_FILE}"))
-    with atomic_path(run_dir / "history.csv") as tmp:
-        history.to_csv(tmp, index=False)
-    learning_curve(history, data.classes, run_dir / "learning_curve.png", title=name)
+    history = export_history(run_dir, CLASSIFIER_FILE, data.classes, name)
     if not best.exists():
         raise MicroalError(f"classification {name}: no classifier was exported to {run_dir}")
     say("fitting a Gaussian mixture per class on the best epoch's descriptors ...")

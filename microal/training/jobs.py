@@ -353,6 +353,15 @@ def run_spec(
     )
 
 
+def export_history(run_dir: Path, file_name: str, class_names: list[str], title: str) -> pd.DataFrame:
+    """The run's per-epoch history (from its last exported file) as history.csv and learning_curve.png."""
+    history = pd.DataFrame(read_history(run_dir / f"last_{file_name}"))
+    with atomic_path(run_dir / "history.csv") as tmp:
+        history.to_csv(tmp, index=False)
+    learning_curve(history, class_names, run_dir / "learning_curve.png", title=title)
+    return history
+
+
 def run_job(
     built: BuiltJob, config: ProjectConfig, run_dir: Path, storage_path: str, name: str, address: str | None
 ) -> TrainSummary:
@@ -372,10 +381,7 @@ def run_job(
     spec = run_spec(config, name, storage_path, cpus, built.selection, export_dir=run_dir, files=kind.files)
     outcome = ray_backend.fit(kind.loop, built.job, spec)
     first = kind.files[0]
-    history = pd.DataFrame(read_history(run_dir / f"last_{first}"))
-    with atomic_path(run_dir / "history.csv") as tmp:
-        history.to_csv(tmp, index=False)
-    learning_curve(history, config.class_names, run_dir / "learning_curve.png", title=name)
+    history = export_history(run_dir, first, config.class_names, name)
     return TrainSummary(run_dir, run_dir / f"best_{first}", outcome.best_metrics, history)
 
 
