@@ -137,7 +137,7 @@ def pretrain_worker(job: TrainJob, session: WorkerSession) -> None:
         tileset,
         tiles[tiles.image_id.isin(data.train_images)],
         labels,
-        load_pipeline(pre.augmentation, seed=cfg.training.seed + session.world_rank),
+        load_pipeline(pre.augmentation, seed=cfg.training.seed + session.world_rank, key="pretrain.augmentation"),
         pre.samples_per_epoch,
         cfg.training.seed + 1000 * session.world_rank,
         shift=window // 4,

@@ -62,3 +62,10 @@ def test_local_blur_blurs_inside_its_disc_only_and_edge_view_keeps_only_edges():
     step[:, 20:] = 1.0
     edges = EdgeView(p=1.0).apply(step)
     assert edges[:, :15].max() == 0 and edges[:, 25:].max() == 0 and edges[:, 19:21].max() == 1.0
+
+
+def test_an_error_names_the_setting_that_gave_the_pipeline():
+    with pytest.raises(ConfigError, match=r"^pretrain\.augmentation: unknown pipeline 'fancy'"):
+        load_pipeline("fancy", key="pretrain.augmentation")
+    with pytest.raises(ConfigError, match=r"^classify\.augmentation: .*missing\.yaml does not exist"):
+        load_pipeline("missing.yaml", key="classify.augmentation")
