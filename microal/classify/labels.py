@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from microal.config import ProjectConfig
-from microal.data.splits import EXCLUDED, NO_MASK, TEST, TRAIN, VAL, assign_splits
+from microal.data.splits import EXCLUDED, TRAIN, VAL, assign_splits
 from microal.errors import ConfigError, InputError
 
 NONE_CLASS = "none"  # the answer for a micrograph of none of the trained classes
@@ -55,6 +55,3 @@ def split_table(images: pd.DataFrame, config: ProjectConfig) -> pd.DataFrame:
     if not (table.split == TRAIN).any():
         raise ConfigError("classify: no labelled image is left for training")
     return table
-
-
-ROLES = (TRAIN, VAL, TEST, EXCLUDED, NO_MASK)

@@ -65,19 +65,11 @@ REFERENCE_SEED, VALIDATION_SEED = 101, 202  # fixed crops: the same every epoch 
 
 @dataclass(frozen=True)
 class ClassifyData:
-    """Catalog rows of the images to train and validate on, and each one's class index."""
+    """Catalog rows of the images to train and validate on, and the trained classes."""
 
     train: pd.DataFrame
     val: pd.DataFrame
     classes: list[str]
-
-    @property
-    def train_images(self) -> list[str]:
-        return self.train.image_id.tolist()
-
-    @property
-    def val_images(self) -> list[str]:
-        return self.val.image_id.tolist()
 
 
 @dataclass
@@ -87,8 +79,12 @@ class ClassifyJob:
     config: ProjectConfig
     data: ClassifyData
     progress: tuple[str, ...] = PROGRESS
-    selection: tuple[str, str] = ("val_accuracy", "max")
     started_at: float = field(default_factory=time.time)
+
+    @property
+    def selection(self) -> tuple[str, str]:
+        """What picks the best epoch: validation accuracy, or the training loss without validation images."""
+        return ("val_accuracy", "max") if len(self.data.val) else ("train_loss", "min")
 
 
 def class_indices(rows: pd.DataFrame, classes: list[str]) -> np.ndarray:
@@ -165,8 +161,7 @@ def classify_worker(job: ClassifyJob, session: WorkerSession) -> None:
     start_epoch, history = restore_state(session, net, stateful)
     set_schedule_epochs(scheduler, settings.epochs)  # a resumed run may have been given more epochs
     attempt = next_attempt(history)
-    selection = job.selection if validation is not None else ("train_loss", "min")
-    plan = EpochPlan(training, settings.epochs, selection, history)
+    plan = EpochPlan(training, settings.epochs, job.selection, history)
     for epoch in range(start_epoch, settings.epochs):
         started = time.time()
         begin_epoch(epoch, [loader])
@@ -279,7 +274,7 @@ def train_classifier(
     missing = [c for c, n in counts.items() if n == 0]
     if missing:
         say(f"  no training image of {missing}: they cannot be predicted by this run")
-    job = ClassifyJob(config, data, selection=("val_accuracy", "max") if len(data.val) else ("train_loss", "min"))
+    job = ClassifyJob(config, data)
     spec = run_spec(config, name, storage_path, cpus, job.selection, export_dir=run_dir, files=(CLASSIFIER_FILE,))
     outcome = ray_backend.fit(classify_worker, job, spec)
     best = run_dir / f"best_{CLASSIFIER_FILE}"

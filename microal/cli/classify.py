@@ -1,4 +1,5 @@
-"""`microal classify train | predict | evaluate`: whole micrographs by class, with "none of these"."""
+"""`microal classify train | predict | evaluate | rank | saliency | sites`: whole micrographs by class,
+with "none of these"."""
 
 from __future__ import annotations
 
@@ -47,33 +48,23 @@ def cmd_train(args) -> None:
 
 
 def _images(args):
-    """The catalog rows to predict: a split of the run, or named images."""
-    import pandas as pd
-
+    """The classifier file and the catalog rows to use: named images, the unlabelled ones (no
+    image label), all, or a split of the run (from the splits table beside the classifier)."""
     from microal.classify.classifier_file import CLASSIFIER_FILE
     from microal.data.catalog import read_catalog
+    from microal.inference.predict import select_images
 
     ws = workspace(args)
     catalog = read_catalog(ws.catalog)
-    model = args.model or ws.run(args.name) / f"best_{CLASSIFIER_FILE}"
+    model = Path(args.model) if args.model else ws.run(args.name) / f"best_{CLASSIFIER_FILE}"
     if args.images:
-        wanted = set(args.images)
-        stems = catalog.image_name.map(lambda n: Path(n).stem)
-        chosen = catalog[catalog.image_name.isin(wanted) | stems.isin(wanted)]
-        unknown = sorted(wanted - set(chosen.image_name) - set(stems[chosen.index]))
-        if unknown:
-            raise MicroalError(f"--images: not in the catalog: {unknown[:5]}")
-        return model, chosen
+        return model, select_images(catalog, model, images=args.images)
     if args.split == "all":
         return model, catalog
     if args.split == "unlabelled":
-        labels = catalog.label if "label" in catalog else pd.Series(None, index=catalog.index)
-        return model, catalog[labels.isna() | (labels.astype(str).str.strip() == "")]
-    splits_file = ws.run(args.name) / "splits.csv"
-    if not splits_file.exists():
-        raise MicroalError(f"{splits_file}: no such run's split table; train it first, or give --images")
-    splits = pd.read_csv(splits_file)
-    chosen = catalog[catalog.image_id.isin(splits.image_id[splits.split == args.split])]
+        labels = catalog.label.astype("string").str.strip() if "label" in catalog else None
+        return model, catalog if labels is None else catalog[labels.isna() | (labels == "")]
+    chosen = select_images(catalog, model, split=args.split)
     if chosen.empty:
         raise MicroalError(f"run {args.name!r} has no {args.split} images")
     return model, chosen
@@ -166,12 +157,10 @@ def cmd_saliency(args) -> None:
 
 
 def cmd_sites(args) -> None:
-    import math
-
     from microal.classify.classifier_file import CLASSIFIER_FILE, load_classifier
     from microal.classify.labels import NONE_CLASS
     from microal.classify.sites import classify_sites, site_densities
-    from microal.data.panorama import THUMBNAIL_SIDE, find_sites, open_panorama
+    from microal.data.panorama import find_sites, open_panorama
     from microal.files import atomic_path
     from microal.plots import sites_overview
 
@@ -195,8 +184,13 @@ def cmd_sites(args) -> None:
     for name, table in (("sites.csv", classified), ("densities.csv", densities)):
         with atomic_path(out / name) as tmp:
             table.to_csv(tmp, index=False)
-    step = max(1, math.ceil(max(panorama.shape) / THUMBNAIL_SIDE))
-    sites_overview(panorama.thumbnail(), step, classified, [*classifier.classes, NONE_CLASS], out / "overview.png")
+    sites_overview(
+        panorama.thumbnail(),
+        panorama.thumbnail_step,
+        classified,
+        [*classifier.classes, NONE_CLASS],
+        out / "overview.png",
+    )
     print(densities.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"sites: {out / 'sites.csv'}; densities: {out / 'densities.csv'}; overview: {out / 'overview.png'}")
 

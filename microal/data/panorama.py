@@ -52,9 +52,14 @@ class Panorama:
         pads = ((y0 - top, top + size - y1), (x0 - left, left + size - x1))
         return np.pad(part, pads, mode="reflect" if min(part.shape) > 1 else "edge")
 
+    @property
+    def thumbnail_step(self) -> int:
+        """The thumbnail takes every n-th pixel: about THUMBNAIL_SIDE pixels along the longer side."""
+        return max(1, math.ceil(max(self.shape) / THUMBNAIL_SIDE))
+
     def thumbnail(self) -> np.ndarray:
-        """Every n-th pixel (strided: decodes the rows it passes through, one block at a time)."""
-        step = max(1, math.ceil(max(self.shape) / THUMBNAIL_SIDE))
+        """Every thumbnail_step-th pixel (strided: decodes the rows it passes through, a block at a time)."""
+        step = self.thumbnail_step
         return np.concatenate(
             [
                 self.rows(start, min(start + 256 * step, self.shape[0]))[::step, ::step]
