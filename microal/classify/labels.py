@@ -22,7 +22,7 @@ def labelled_images(catalog: pd.DataFrame, config: ProjectConfig) -> pd.DataFram
     is an error naming the image."""
     if "label" not in catalog.columns:
         raise ConfigError("classify: the catalog has no image labels; ingest a manifest with a `label` column")
-    labels = catalog.label.where(catalog.label.notna(), None).map(lambda v: str(v).strip() if v is not None else "")
+    labels = catalog.label.map(lambda v: "" if pd.isna(v) else str(v).strip())  # (missing: None or NaN)
     unknown = catalog[(labels != "") & ~labels.isin(config.class_names)]
     if len(unknown):
         row = unknown.iloc[0]

@@ -88,10 +88,17 @@ def fit_open_set(
     if all(m is None for m in mixtures):
         raise ValueError("no class has training crops to fit a mixture on")
     partial = OpenSet(classes, mixtures, -np.inf, "training")
-    known = val_descriptors is not None and len(val_descriptors) > 0
-    reference = np.asarray(val_descriptors if known else descriptors, dtype=np.float64)
-    reference_labels = np.asarray(val_labels if known else labels)
-    trained = np.array([mixtures[i] is not None for i in reference_labels])
-    best = partial.log_likelihoods(reference[trained]).max(axis=1)
+
+    def of_trained_classes(crops, crop_labels):
+        keep = np.array([mixtures[i] is not None for i in np.asarray(crop_labels)], dtype=bool)
+        return np.asarray(crops, dtype=np.float64).reshape(-1, descriptors.shape[1])[keep]
+
+    # Validation crops of classes that have a mixture set the threshold; without any (no
+    # validation images, or only of classes nothing trained on), the training crops do.
+    reference = of_trained_classes(val_descriptors, val_labels) if val_descriptors is not None else descriptors[:0]
+    known = len(reference) > 0
+    if not known:
+        reference = of_trained_classes(descriptors, labels)
+    best = partial.log_likelihoods(reference).max(axis=1)
     threshold = float(np.quantile(best, none_quantile)) if none_quantile > 0 else -np.inf
     return OpenSet(classes, mixtures, threshold, "validation" if known else "training")
