@@ -5,6 +5,10 @@ A round: train the ensemble on everything labelled so far -> score the unlabelle
 select a batch (reading only the score table and the pool) -> hand it to a labeller, who
 labels it (the oracle at once, experts in Label Studio later) -> next round.
 Images that came with expert masks start labelled (round 0); the others form the pool.
+
+`run_round` asks the project for its steps (`RoundProject`): an `ALProject` of tiles and
+segmentation ensembles here, or an image project of whole micrographs and a classifier
+(active/images.py), whose pool items are images. Same pool, round and labellers for both.
 """
 
 from __future__ import annotations
@@ -92,6 +96,28 @@ class ALProject:
         splits = image_held_out_splits(self.tileset, self.config)
         tiles = self.tileset.tiles[self.tileset.tiles.labelled]
         return tiles[tiles.image_id.map(splits) == TEST]
+
+    # The steps of the shared round (RoundProject).
+    items = "tiles"
+
+    def train_round(
+        self, address: str | None = None, members: Ensemble | None = None
+    ) -> tuple[Ensemble, pd.DataFrame | None]:
+        return train_round_ensemble(self, address=address, members=members)
+
+    def score_round(self, model: Ensemble) -> pd.DataFrame:
+        return score_round(self, model)
+
+    def select_round(self) -> pd.DataFrame:
+        return select_round(self)
+
+    def reveal_truth(self, tile_ids: list[str], cost: SimulatedCost) -> list[float]:
+        """Simulation: the hidden masks of these tiles into the label store; what each would have
+        cost an expert."""
+        tiles = self.tiles(tile_ids)
+        labels = self.labels
+        labels.reveal_from_truth(tiles)
+        return [cost.seconds(labels.centre(tile)) for _, tile in tiles.iterrows()]
 
 
 def init_project(root: Path, config: ProjectConfig, tiles_root: Path) -> ALProject:
@@ -259,14 +285,52 @@ def select_round(
     return selection
 
 
+class RoundProject(Protocol):
+    """What the shared round needs of a project: its pool and the three model steps. Tiles with
+    segmentation ensembles (ALProject) or whole micrographs with a classifier (active/images.py)."""
+
+    pool: Pool
+    items: str  # what the pool holds, for messages: "tiles" or "images"
+
+    @property
+    def costs(self) -> CostTable: ...
+
+    @property
+    def current_round(self) -> int: ...
+
+    def round_dir(self, round_: int) -> Path: ...
+
+    def trained_rounds(self) -> list[int]:
+        """Rounds whose model is trained."""
+        ...
+
+    def train_round(self, address: str | None = None, members=None) -> tuple[object, pd.DataFrame | None]:
+        """The round's model trained on everything labelled (or `members` taken as it), and its
+        report on held-out data (None without any)."""
+        ...
+
+    def score_round(self, model) -> pd.DataFrame:
+        """Score every unlabelled pool item into the round's score table."""
+        ...
+
+    def select_round(self) -> pd.DataFrame:
+        """The next batch, from the score table: one row per item (`tile_id`), with its score."""
+        ...
+
+    def reveal_truth(self, item_ids: list[str], cost: SimulatedCost) -> list[float]:
+        """Simulation: copy the hidden labels of these items into the label store; their
+        simulated expert seconds."""
+        ...
+
+
 class Labeller(Protocol):
     """Who labels a round's batch: the oracle (active/labellers.py) or experts in Label Studio
     (labelstudio/loop.py)."""
 
     name: str
 
-    def hand_over(self, project: ALProject, selection: pd.DataFrame, ensemble: Ensemble) -> list[str]:
-        """Give the selected tiles to the labeller; the tile ids it took. The oracle labels them
+    def hand_over(self, project: RoundProject, selection: pd.DataFrame, model) -> list[str]:
+        """Give the selected items to the labeller; the item ids it took. The oracle labels them
         at once (labelled in the next round); Label Studio queues them."""
         ...
 
@@ -274,8 +338,8 @@ class Labeller(Protocol):
 @dataclass
 class RoundOutcome:
     round: int
-    ensemble: Ensemble
-    report: pd.DataFrame | None  # held-out tiles: ensemble and members (None without any)
+    ensemble: Ensemble  # the round's model: a segmentation ensemble, or a classifier for images
+    report: pd.DataFrame | None  # held-out data: ensemble and members, or the classifier (None without any)
     selection: pd.DataFrame | None = None
     handed_over: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # train, score, select, hand_over, fits
@@ -283,6 +347,10 @@ class RoundOutcome:
     @property
     def heldout_miou(self) -> float:
         return float(self.report.miou.iloc[0]) if self.report is not None else float("nan")
+
+    def heldout(self, metric: str) -> float:
+        """The round model's held-out `metric` (first row of the report), NaN without one."""
+        return float(self.report[metric].iloc[0]) if self.report is not None else float("nan")
 
 
 def _epoch_seconds(ensemble: Ensemble) -> float:
@@ -296,7 +364,7 @@ def _epoch_seconds(ensemble: Ensemble) -> float:
     return max(totals, default=0.0)
 
 
-def write_timings(project: ALProject, round_: int, seconds: dict[str, float]) -> None:
+def write_timings(project: RoundProject, round_: int, seconds: dict[str, float]) -> None:
     """rounds/round-<r>/timings.json: where a round's time went (merged with what is there)."""
     path = project.round_dir(round_) / TIMINGS_FILE
     known = json.loads(path.read_text()) if path.exists() else {}
@@ -305,41 +373,42 @@ def write_timings(project: ALProject, round_: int, seconds: dict[str, float]) ->
 
 
 def run_round(
-    project: ALProject,
+    project: RoundProject,
     labeller: Labeller,
     address: str | None = None,
-    members: Ensemble | None = None,
+    members=None,
     select: bool = True,
     seconds: dict[str, float] | None = None,
 ) -> RoundOutcome:
     """One round, whoever labels: train (or reuse, or take `members`) the current round's
-    ensemble on everything labelled, measure it on the held-out tiles, score the pool, select
-    a batch and hand it to `labeller`. Without `select` (a last round), or with nothing left
-    unlabelled, it stops after the ensemble. The time of each step goes into the round's
+    model on everything labelled, measure it on held-out data, score the pool, select a batch
+    and hand it to `labeller`. Without `select` (a last round), or with nothing left
+    unlabelled, it stops after the model. The time of each step goes into the round's
     timings.json, with `seconds` the caller measured before (e.g. the pull that started it)."""
     round_ = project.current_round
     seconds = dict(seconds or {})
     started = time.perf_counter()
-    ensemble, report = train_round_ensemble(project, address=address, members=members)
+    model, report = project.train_round(address=address, members=members)
     seconds["train"] = time.perf_counter() - started
-    if ensemble.fits:  # trained now (not reused): what the loops took, and what Ray's start-up took
-        seconds["fits"] = len(ensemble.fits)
-        seconds["epochs"] = _epoch_seconds(ensemble)
-        seconds["loops"] = max(f.loop_seconds for f in ensemble.fits)
-        seconds["ray_per_fit"] = float(np.mean([f.ray_seconds for f in ensemble.fits]))
-    outcome = RoundOutcome(round_, ensemble, report, seconds=seconds)
+    fits = getattr(model, "fits", None)
+    if fits:  # an ensemble trained now (not reused): what the loops took, and what Ray's start-up took
+        seconds["fits"] = len(fits)
+        seconds["epochs"] = _epoch_seconds(model)
+        seconds["loops"] = max(f.loop_seconds for f in fits)
+        seconds["ray_per_fit"] = float(np.mean([f.ray_seconds for f in fits]))
+    outcome = RoundOutcome(round_, model, report, seconds=seconds)
     if not select or not project.pool.ids(UNLABELLED):
         write_timings(project, round_, seconds)
         return outcome
     ray_backend.init_ray(address)
     started = time.perf_counter()
-    score_round(project, ensemble)
+    project.score_round(model)
     seconds["score"] = time.perf_counter() - started
     started = time.perf_counter()
-    outcome.selection = select_round(project)
+    outcome.selection = project.select_round()
     seconds["select"] = time.perf_counter() - started
     started = time.perf_counter()
-    outcome.handed_over = labeller.hand_over(project, outcome.selection, ensemble)
+    outcome.handed_over = labeller.hand_over(project, outcome.selection, model)
     seconds["hand_over"] = time.perf_counter() - started
     write_timings(project, round_, seconds)
     return outcome

@@ -62,12 +62,22 @@ def results_to_mask(results: list[dict[str, Any]], class_names: list[str], shape
     return mask
 
 
-def results_flags(results: list[dict[str, Any]]) -> list[str]:
-    flags = []
+def results_choices(results: list[dict[str, Any]], from_name: str) -> list[str]:
+    """The choices ticked in the `from_name` Choices control."""
+    chosen = []
     for result in results:
-        if result.get("type") == "choices" and result.get("from_name") == FLAGS_NAME:
-            flags += list(result.get("value", {}).get("choices", []))
-    return flags
+        if result.get("type") == "choices" and result.get("from_name") == from_name:
+            chosen += list(result.get("value", {}).get("choices", []))
+    return chosen
+
+
+def results_flags(results: list[dict[str, Any]]) -> list[str]:
+    return results_choices(results, FLAGS_NAME)
+
+
+def choice_result(from_name: str, choices: list[str]) -> dict[str, Any]:
+    """A Choices result (a pre-annotation, or an expert's answer) ticking `choices`."""
+    return {"from_name": from_name, "to_name": IMAGE_NAME, "type": "choices", "value": {"choices": list(choices)}}
 
 
 @dataclass

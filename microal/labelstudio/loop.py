@@ -23,7 +23,7 @@ from microal.active import rounds
 from microal.active.acquisition import score_scale
 from microal.active.ensemble import Ensemble
 from microal.active.pool import LABELLED, QUEUED, UNLABELLED
-from microal.active.rounds import ALProject
+from microal.active.rounds import ALProject, RoundProject
 from microal.active.scoring import TileScorer
 from microal.files import atomic_path
 from microal.labelstudio.annotations import agreement, consolidate
@@ -45,15 +45,19 @@ class LabelStudioTarget:
         return f"/data/local-files/?d={relative.as_posix()}"
 
 
-def connect(project: ALProject, client: LabelStudioClient, workdir: Path) -> LabelStudioTarget:
+def connect(
+    project: RoundProject, client: LabelStudioClient, workdir: Path, xml: str | None = None
+) -> LabelStudioTarget:
+    """The project's Label Studio project (created with the labelling config `xml`, by default the
+    brush config of the class table), its overlap, and Local Files storage for its images."""
     settings = project.config.labelstudio
     files_root = Path(settings.files_root or workdir).resolve()
     files_dir = project.folders.ls_files.resolve()
     if files_root not in files_dir.parents:
-        raise ValueError(f"labelstudio.files_root {files_root} must contain the tile folder {files_dir}")
+        raise ValueError(f"labelstudio.files_root {files_root} must contain the folder of task images {files_dir}")
     files_dir.mkdir(parents=True, exist_ok=True)
     title = settings.project_title or f"microal {project.root.name}"
-    project_id = client.ensure_project(title, label_config(project.config))
+    project_id = client.ensure_project(title, xml or label_config(project.config))
     client.set_overlap(project_id, settings.annotators_per_tile)
     client.ensure_local_storage(project_id, str(files_dir))
     return LabelStudioTarget(client, project_id, files_dir, files_root)
@@ -74,21 +78,28 @@ class PushReport:
     already_there: list[str] = field(default_factory=list)  # found in Label Studio, recorded in the pool
 
 
-def push(project: ALProject, target: LabelStudioTarget, selection: pd.DataFrame, ensemble: Ensemble) -> PushReport:
-    """Queue the selected tiles as tasks with the ensemble's mask as a pre-annotation and the
-    acquisition score as the prediction score. Idempotent: a tile is never queued twice."""
-    report = PushReport()
+def new_selection(project: RoundProject, target: LabelStudioTarget, selection: pd.DataFrame, report: PushReport):
+    """The selected items still to be queued. Tasks Label Studio has but the pool does not know
+    of (a crash between the two) are recorded as queued first, in `report.already_there`."""
     pool = project.pool
     round_ = project.current_round + 1
     existing = target.client.tasks_by_tile(target.project_id)
-    # Tasks Label Studio has but the pool does not know of (a crash between the two): record them.
     states = pool.table.set_index("tile_id").state
     orphans = [t for t in existing if t in states.index and states[t] == UNLABELLED]
     if orphans:
         pool.mark_queued(orphans, round_, task_ids=[existing[t] for t in orphans])
         report.already_there = orphans
     states = pool.table.set_index("tile_id").state
-    new = selection[selection.tile_id.map(lambda t: t not in existing and states.get(t) == UNLABELLED)]
+    return selection[selection.tile_id.map(lambda t: t not in existing and states.get(t) == UNLABELLED)]
+
+
+def push(project: ALProject, target: LabelStudioTarget, selection: pd.DataFrame, ensemble: Ensemble) -> PushReport:
+    """Queue the selected tiles as tasks with the ensemble's mask as a pre-annotation and the
+    acquisition score as the prediction score. Idempotent: a tile is never queued twice."""
+    report = PushReport()
+    pool = project.pool
+    round_ = project.current_round + 1
+    new = new_selection(project, target, selection, report)
     if new.empty:
         return report
     tiles = project.tiles(new.tile_id)
@@ -160,9 +171,30 @@ def _annotations_table(project: ALProject) -> pd.DataFrame:
     )
 
 
-def pull(project: ALProject, target: LabelStudioTarget) -> PullReport:
-    """Bring finished annotations back: consolidated masks into the label store, flagged or
-    skipped tiles recorded as rejected, every annotation's lead time kept."""
+@dataclass
+class Verdict:
+    """What a pool item's submitted annotations came to: how many experts, how far they agreed,
+    and a reason when they cannot be used (the item is then rejected)."""
+
+    annotators: int
+    agreement: float
+    rejected: str | None = None
+
+
+def accept_masks(project: ALProject, tile_id: str, submitted: list) -> Verdict:
+    """The experts' masks of a tile, consolidated (majority vote) into the label store."""
+    names = project.config.class_names
+    size = project.tileset.tiling.tile_size
+    masks = [results_to_mask(r.result, names, (size, size)) for r in submitted]
+    tile = project.tileset.tiles.set_index("tile_id", drop=False).loc[tile_id]
+    project.labels.write(tile, consolidate(masks, len(names)))
+    return Verdict(len(masks), agreement(masks, len(names)))
+
+
+def pull(project: RoundProject, target: LabelStudioTarget, accept=accept_masks) -> PullReport:
+    """Bring finished annotations back: `accept` turns an item's submitted annotations into
+    labels (by default a tile's consolidated mask), flagged or skipped items are recorded as
+    rejected, every annotation's lead time is kept."""
     report = PullReport()
     pool = project.pool
     table = pool.table.set_index("tile_id")
@@ -172,10 +204,7 @@ def pull(project: ALProject, target: LabelStudioTarget) -> PullReport:
     by_tile: dict[str, list] = {}
     for record in records:
         by_tile.setdefault(record.tile_id, []).append(record)
-    names = project.config.class_names
-    size = project.tileset.tiling.tile_size
     needed = project.config.labelstudio.annotators_per_tile
-    tiles = project.tileset.tiles.set_index("tile_id", drop=False)
     rows = []
     for tile_id, tile_records in sorted(by_tile.items()):
         round_ = int(table.loc[tile_id, "round"])
@@ -208,12 +237,15 @@ def pull(project: ALProject, target: LabelStudioTarget) -> PullReport:
         if len(submitted) < needed:
             report.waiting.append(tile_id)
             continue
-        masks = [results_to_mask(r.result, names, (size, size)) for r in submitted]
-        project.labels.write(tiles.loc[tile_id], consolidate(masks, len(names)))
+        verdict = accept(project, tile_id, submitted)
+        if verdict.rejected:
+            pool.mark_rejected([tile_id], round_, note=verdict.rejected)
+            report.rejected.append(tile_id)
+            continue
         was_labelled = table.loc[tile_id, "state"] == LABELLED
-        agreed = agreement(masks, len(names))
-        note = f"annotators={len(masks)}; agreement={agreed:.3f}" + ("; unsure" if FLAG_UNSURE in flags else "")
-        pool.mark_labelled([tile_id], round_, note=note, annotators=len(masks), agreement=agreed)
+        note = f"annotators={verdict.annotators}; agreement={verdict.agreement:.3f}"
+        note += "; unsure" if FLAG_UNSURE in flags else ""
+        pool.mark_labelled([tile_id], round_, note=note, annotators=verdict.annotators, agreement=verdict.agreement)
         (report.updated if was_labelled else report.labelled).append(tile_id)
     if rows:
         project.costs.record(
@@ -299,30 +331,47 @@ class LabelStudioLabeller:
     name: str = "label studio"
     last_push: PushReport = field(default_factory=PushReport)
 
-    def hand_over(self, project: ALProject, selection: pd.DataFrame, ensemble: Ensemble) -> list[str]:
-        self.last_push = push(project, self.target, selection, ensemble)
+    def push(self, project: ALProject, selection: pd.DataFrame, ensemble: Ensemble) -> PushReport:
+        return push(project, self.target, selection, ensemble)
+
+    def pull(self, project: ALProject) -> PullReport:
+        return pull(project, self.target)
+
+    def hand_over(self, project: RoundProject, selection: pd.DataFrame, model) -> list[str]:
+        self.last_push = self.push(project, selection, model)
         return self.last_push.created + self.last_push.already_there
 
 
 def run_round(
-    project: ALProject, target: LabelStudioTarget, address: str | None = None, pull_seconds: float | None = None
+    project: RoundProject,
+    target: LabelStudioTarget,
+    address: str | None = None,
+    pull_seconds: float | None = None,
+    labeller: LabelStudioLabeller | None = None,
 ) -> tuple[int, PushReport]:
-    """The shared round with the experts as labeller: train on everything labelled, score,
-    select, push (`pull_seconds`: the pull that started it, for the round's timings)."""
-    labeller = LabelStudioLabeller(target)
+    """The shared round with the experts as labeller (`labeller`, by default the tiles' one):
+    train on everything labelled, score, select, push (`pull_seconds`: the pull that started
+    it, for the round's timings)."""
+    labeller = labeller or LabelStudioLabeller(target)
     before = {} if pull_seconds is None else {"pull": pull_seconds}
     outcome = rounds.run_round(project, labeller, address=address, seconds=before)
-    if outcome.report is not None:
+    if outcome.report is not None and "miou" in outcome.report:
         print(
             f"round {outcome.round}: held-out mIoU ensemble {outcome.heldout_miou:.4f}, members "
             f"{', '.join(f'{v:.4f}' for v in outcome.report.miou.iloc[1:])}",
+            flush=True,
+        )
+    elif outcome.report is not None:
+        print(
+            f"round {outcome.round}: held-out accuracy {outcome.heldout('accuracy'):.3f}, "
+            f"balanced accuracy {outcome.heldout('balanced_accuracy'):.3f}",
             flush=True,
         )
     if outcome.selection is None:
         return outcome.round, PushReport()
     pushed = labeller.last_push
     print(
-        f"round {outcome.round}: queued {len(pushed.created)} tiles in Label Studio "
+        f"round {outcome.round}: queued {len(pushed.created)} {project.items} in Label Studio "
         f"({len(pushed.already_there)} found there already); "
         + ", ".join(f"{k} {v:.1f} s" for k, v in outcome.seconds.items() if k != "fits"),
         flush=True,
@@ -331,21 +380,24 @@ def run_round(
 
 
 def run_loop(
-    project: ALProject,
+    project: RoundProject,
     target: LabelStudioTarget,
     until_round: int | None = None,
     address: str | None = None,
     stop: threading.Event | None = None,
     listener: WebhookListener | None = None,
+    labeller: LabelStudioLabeller | None = None,
 ) -> None:
     """Pull, and when at least labelstudio.min_new_annotations tiles got labels since the last
     training (or every queued tile is done), retrain, rescore and push the next batch.
-    Stops after the ensemble of `until_round` is trained (and its batch pushed)."""
+    Stops after the ensemble of `until_round` is trained (and its batch pushed). `labeller`:
+    the Label Studio labeller of the project's items (default: tiles)."""
     settings = project.config.labelstudio
+    labeller = labeller or LabelStudioLabeller(target)
     stop = stop or threading.Event()
     while not stop.is_set():
         started = time.perf_counter()
-        pulled = pull(project, target)
+        pulled = labeller.pull(project)
         pull_seconds = time.perf_counter() - started
         if pulled.labelled or pulled.rejected or pulled.updated:
             print(
@@ -359,14 +411,14 @@ def run_loop(
         new = int(((table.state == LABELLED) & (table["round"] > (last if last is not None else -1))).sum())
         queued = int((table.state == QUEUED).sum())
         if last is None or new >= settings.min_new_annotations or (queued == 0 and new > 0):
-            round_, _ = run_round(project, target, address, pull_seconds=pull_seconds)
+            round_, _ = run_round(project, target, address, pull_seconds=pull_seconds, labeller=labeller)
             if until_round is not None and round_ >= until_round:
                 break
             continue
         if until_round is not None and last is not None and last >= until_round:
             break
         if queued == 0 and not (table.state == UNLABELLED).any():
-            print("the pool is exhausted: every tile is labelled or rejected", flush=True)
+            print(f"the pool is exhausted: every one of its {project.items} is labelled or rejected", flush=True)
             break
         if listener is not None:
             listener.wait(settings.poll_seconds)
