@@ -355,6 +355,10 @@ class ClassifyConfig(_Strict):
     # Classes of the table kept out of training: their images count as "none of these" when
     # evaluated (an open-set experiment).
     leave_out: list[str] = Field(default_factory=list)
+    # Image-level active learning (`microal classify al`): which unlabelled micrographs go to the
+    # experts first: the highest entropy of the averaged distribution (undecided between classes),
+    # the highest novelty (share of "none" crops: unlike anything trained), or at random.
+    acquisition: Literal["entropy", "novelty", "random"] = "entropy"
     sites: SitesConfig = Field(default_factory=SitesConfig)
 
     @field_validator("crop_um")

@@ -79,6 +79,39 @@ def tiled(synth_dir, tmp_path_factory):
     return ws, catalog, config
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def labelstudio_server(tmp_path_factory):
+    """A real Label Studio server (its own venv, loopback only), shared by the Label Studio tests;
+    skipped where Label Studio is not installed. A test that restarts it puts the new process in
+    state["server"]."""
+    from microal.errors import MicroalError
+    from microal.labelstudio.server import find_executable, new_token_file, start_server
+
+    try:
+        find_executable()
+    except MicroalError as error:
+        pytest.skip(str(error))
+    root = tmp_path_factory.mktemp("ls")
+    token = new_token_file(root / "token")
+    files_root = root / "work"
+    files_root.mkdir()
+    port = free_port()
+    # Label Studio refuses to call webhooks on 127.0.0.1 unless told (SSRF protection).
+    env = {"SSRF_PROTECTION_ENABLED": "false"}
+    process = start_server(root / "data", port, files_root, token, password="expert-password-1", extra_env=env)
+    state = {"server": process, "token": token, "root": root, "files_root": files_root, "port": port, "env": env}
+    yield state
+    state["server"].stop()
+
+
 def checkpoint_dirs(run_storage: Path) -> list[Path]:
     """A Ray Train run's checkpoint folders (beside them: checkpoint_manager_snapshot.json)."""
     return sorted(p for p in Path(run_storage).glob("checkpoint_*") if p.is_dir())

@@ -8,6 +8,7 @@ from microal.errors import MicroalError
 
 def _project(args, create: bool = False):
     from microal.active.folders import ProjectFolders
+    from microal.active.images import is_image_project
     from microal.active.rounds import init_project, load_project
 
     ws = workspace(args)
@@ -16,6 +17,8 @@ def _project(args, create: bool = False):
         return init_project(root, project_config(args), ws.tiles)
     if not ProjectFolders(root).pool.exists():
         raise MicroalError(f"no active-learning project {args.name!r} in {ws.al_root}; run `microal al init` first")
+    if is_image_project(root):
+        raise MicroalError(f"{root}: an image project; its steps are `microal classify al ...`")
     return load_project(root, project_config(args), ws.tiles)
 
 

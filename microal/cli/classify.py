@@ -1,5 +1,5 @@
-"""`microal classify train | predict | evaluate | rank | saliency | sites`: whole micrographs by class,
-with "none of these"."""
+"""`microal classify train | predict | evaluate | rank | saliency | sites | al`: whole micrographs by
+class, with "none of these"."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from microal.cli.classify_al import add_classify_al
 from microal.cli.common import (
     add_address,
     add_config,
@@ -238,3 +239,4 @@ def add_classify(p) -> None:
     q.add_argument("--model", help="a classifier file (default runs/<name>/best_classifier.pt)")
     add_config(q, required=False)
     q.set_defaults(config=None)
+    add_classify_al(sub)

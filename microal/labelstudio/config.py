@@ -6,6 +6,9 @@ flags experts can set instead of (or besides) painting:
 - ``unusable``: nothing to learn from (out of focus, no microstructure) -> the tile is rejected;
 - ``imaging artefact``: beam shadow, charging, scratches, dust -> rejected, kept as a flag;
 - ``unsure``: painted, but the expert is not confident -> kept, flagged in the report.
+
+Whole micrographs (image-level active learning) get one Choices control of the classes instead
+of the brushes, and one more flag, ``none of these classes`` -> rejected (it cannot train a class).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from microal.config import ProjectConfig
 from microal.errors import ConfigError
 from microal.plots import class_colors
 
-IMAGE_NAME, BRUSH_NAME, FLAGS_NAME = "image", "mask", "flags"
+IMAGE_NAME, BRUSH_NAME, FLAGS_NAME, CLASS_NAME = "image", "mask", "flags", "class"
 FLAG_UNUSABLE, FLAG_ARTEFACT, FLAG_UNSURE = "unusable", "imaging artefact", "unsure"
 FLAGS = (FLAG_UNUSABLE, FLAG_ARTEFACT, FLAG_UNSURE)
-REJECTING_FLAGS = {FLAG_UNUSABLE, FLAG_ARTEFACT}
+# Whole micrographs only: none of the class table's classes (kept out of training, noted).
+FLAG_NONE = "none of these classes"
+IMAGE_FLAGS = (*FLAGS, FLAG_NONE)
+REJECTING_FLAGS = {FLAG_UNUSABLE, FLAG_ARTEFACT, FLAG_NONE}
 
 
 def _hex(rgb) -> str:
@@ -60,3 +66,20 @@ def check_label_config(xml: str, config: ProjectConfig, source: str = "label con
         raise ConfigError(f"{source}: brush labels {labels} differ from the class table {config.class_names}")
     if root.find(f".//Image[@name='{IMAGE_NAME}']") is None:
         raise ConfigError(f'{source}: needs <Image name="{IMAGE_NAME}" value="$image">')
+
+
+def image_label_config(config: ProjectConfig) -> str:
+    """The XML labelling config for classifying whole micrographs: one class each, and flags."""
+    classes = "\n".join(f"    <Choice value={quoteattr(name)}/>" for name in config.class_names)
+    flags = "\n".join(f"    <Choice value={quoteattr(f)}/>" for f in IMAGE_FLAGS)
+    return (
+        "<View>\n"
+        f'  <Image name="{IMAGE_NAME}" value="$image" zoom="true" zoomControl="true"/>\n'
+        '  <Header value="Microstructure class"/>\n'
+        f'  <Choices name="{CLASS_NAME}" toName="{IMAGE_NAME}" choice="single-radio" showInline="true">\n'
+        f"{classes}\n  </Choices>\n"
+        '  <Header value="Image flags (optional)"/>\n'
+        f'  <Choices name="{FLAGS_NAME}" toName="{IMAGE_NAME}" choice="multiple" showInline="true">\n'
+        f"{flags}\n  </Choices>\n"
+        "</View>\n"
+    )

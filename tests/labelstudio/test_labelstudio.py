@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, quick_config_dict, rendered_report
+from conftest import REPO, free_port, quick_config_dict, rendered_report
 
 from microal.active import rounds
 from microal.active.ensemble import Ensemble
@@ -40,36 +40,14 @@ from microal.labelstudio.loop import (
     push,
     run_round,
 )
-from microal.labelstudio.server import find_executable, new_token_file, port_is_free, start_server
+from microal.labelstudio.server import port_is_free, start_server
 
 ARTIFACTS = Path(os.environ.get("MICROAL_TEST_ARTIFACTS", REPO / "test-artifacts"))
 
 
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    try:
-        find_executable()
-    except MicroalError as error:
-        pytest.skip(str(error))
-    root = tmp_path_factory.mktemp("ls")
-    token = new_token_file(root / "token")
-    files_root = root / "work"
-    files_root.mkdir()
-    port = _port()
-    # Label Studio refuses to call webhooks on 127.0.0.1 unless told (SSRF protection).
-    env = {"SSRF_PROTECTION_ENABLED": "false"}
-    process = start_server(root / "data", port, files_root, token, password="expert-password-1", extra_env=env)
-    state = {"server": process, "token": token, "root": root, "files_root": files_root, "port": port, "env": env}
-    yield state
-    state["server"].stop()
+def server(labelstudio_server):
+    return labelstudio_server
 
 
 @pytest.fixture(scope="module")
@@ -388,7 +366,7 @@ def test_the_project_report_shows_rounds_annotators_cost_and_agreement(loop, bro
 
 def test_webhook_wakes_the_loop_when_an_expert_submits(loop, server):
     """`al run --webhook-port`: Label Studio calls the listener on a new annotation, no polling wait."""
-    listener = WebhookListener(_port())
+    listener = WebhookListener(free_port())
     try:
         loop["client"].ensure_webhook(loop["target"].project_id, listener.url)
         loop["client"].ensure_webhook(loop["target"].project_id, listener.url)  # registered once
