@@ -110,7 +110,8 @@ def cmd_simulate(args) -> None:
     )
 
 
-def _label_studio(args, project):
+def _label_studio(args, project, xml: str | None = None):
+    """The project's Label Studio target (labelling config `xml`, default the tiles' brushes)."""
     from microal.labelstudio.client import LabelStudioClient
     from microal.labelstudio.loop import connect
     from microal.labelstudio.server import read_token
@@ -118,7 +119,7 @@ def _label_studio(args, project):
     url = args.url or project.config.labelstudio.url
     client = LabelStudioClient(url, read_token(args.token_file))
     client.check()
-    return connect(project, client, workspace(args).root)
+    return connect(project, client, workspace(args).root, xml=xml)
 
 
 def cmd_push(args) -> None:
@@ -136,12 +137,12 @@ def cmd_push(args) -> None:
     print(f"queued {len(report.created)} tiles ({len(report.already_there)} were in Label Studio already)")
 
 
-def cmd_pull(args) -> None:
+def pull_and_report(project, labeller) -> None:
+    """Pull the experts' answers through `labeller` (tiles or images) and say what changed."""
     from microal.inference.evaluate import format_table
-    from microal.labelstudio.loop import label_cost, pull
+    from microal.labelstudio.loop import label_cost
 
-    project = _project(args)
-    report = pull(project, _label_studio(args, project))
+    report = labeller.pull(project)
     print(
         f"labelled {len(report.labelled)}, updated {len(report.updated)}, rejected {len(report.rejected)}, "
         f"waiting for more annotators {len(report.waiting)}"
@@ -149,11 +150,11 @@ def cmd_pull(args) -> None:
     print(f"pool: {project.pool.counts()}\nexpert time per round:\n{format_table(label_cost(project))}")
 
 
-def cmd_run(args) -> None:
+def run_expert_loop(args, project, labeller) -> None:
+    """`run_loop` with `labeller`, woken by Label Studio's webhook (--webhook-port) or polling."""
     from microal.labelstudio.loop import WebhookListener, run_loop
 
-    project = _project(args)
-    target = _label_studio(args, project)
+    target = labeller.target
     port = args.webhook_port or project.config.labelstudio.webhook_port
     listener = None
     if port:
@@ -163,10 +164,36 @@ def cmd_run(args) -> None:
     else:
         print(f"polling Label Studio every {project.config.labelstudio.poll_seconds:.0f} s", flush=True)
     try:
-        run_loop(project, target, until_round=args.until_round, address=args.address, listener=listener)
+        run_loop(
+            project, target, until_round=args.until_round, address=args.address, listener=listener, labeller=labeller
+        )
     finally:
         if listener is not None:
             listener.close()
+
+
+def cmd_pull(args) -> None:
+    from microal.labelstudio.loop import LabelStudioLabeller
+
+    project = _project(args)
+    pull_and_report(project, LabelStudioLabeller(_label_studio(args, project)))
+
+
+def cmd_run(args) -> None:
+    from microal.labelstudio.loop import LabelStudioLabeller
+
+    project = _project(args)
+    run_expert_loop(args, project, LabelStudioLabeller(_label_studio(args, project)))
+
+
+def add_labelstudio_options(q, run: bool) -> None:
+    """Where Label Studio is; for `run`, when to stop and how to be woken."""
+    q.add_argument("--url", help="Label Studio URL (default labelstudio.url)")
+    q.add_argument("--token-file", help="file holding the API token (default: LABEL_STUDIO_TOKEN)")
+    if run:
+        q.add_argument("--until-round", type=int, help="stop after this round's model is trained and its batch pushed")
+        q.add_argument("--webhook-port", type=int, help="listen for webhooks on 127.0.0.1:PORT (default: poll)")
+        add_address(q)
 
 
 def add_al(p) -> None:
@@ -199,15 +226,7 @@ def add_al(p) -> None:
         ("pull", "bring finished annotations back into the label store", cmd_pull),
         ("run", "keep the loop going: pull, retrain, rescore, push, by itself", cmd_run),
     ):
-        q = step(name, help_text, handler)
-        q.add_argument("--url", help="Label Studio URL (default labelstudio.url)")
-        q.add_argument("--token-file", help="file holding the API token (default: LABEL_STUDIO_TOKEN)")
-        if name == "run":
-            q.add_argument(
-                "--until-round", type=int, help="stop after this round's ensemble is trained and its batch pushed"
-            )
-            q.add_argument("--webhook-port", type=int, help="listen for webhooks on 127.0.0.1:PORT (default: poll)")
-            add_address(q)
+        add_labelstudio_options(step(name, help_text, handler), run=name == "run")
     q = step("simulate", "oracle experiment: acquisition strategies against random on held-out mIoU", cmd_simulate)
     q.add_argument("--initial", type=int, default=8, help="labelled tiles to start from")
     q.add_argument("--batch", type=int, help="tiles revealed per round (default al.batch_size)")

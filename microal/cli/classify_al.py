@@ -3,7 +3,8 @@ Studio: the pool's items are whole micrographs, each labelled with one class."""
 
 from __future__ import annotations
 
-from microal.cli.common import add_address, add_config, add_workdir, project_config, workspace
+from microal.cli.active import add_labelstudio_options
+from microal.cli.common import add_config, add_workdir, project_config, workspace
 from microal.errors import MicroalError
 
 
@@ -23,13 +24,11 @@ def _project(args, create: bool = False):
 
 
 def _labeller(args, project):
-    from microal.labelstudio.client import LabelStudioClient
-    from microal.labelstudio.images import ImageLabelStudioLabeller, connect_images
-    from microal.labelstudio.server import read_token
+    from microal.cli.active import _label_studio
+    from microal.labelstudio.config import image_label_config
+    from microal.labelstudio.images import ImageLabelStudioLabeller
 
-    client = LabelStudioClient(args.url or project.config.labelstudio.url, read_token(args.token_file))
-    client.check()
-    return ImageLabelStudioLabeller(connect_images(project, client, workspace(args).root))
+    return ImageLabelStudioLabeller(_label_studio(args, project, xml=image_label_config(project.config)))
 
 
 def cmd_init(args) -> None:
@@ -43,25 +42,17 @@ def cmd_init(args) -> None:
 
 
 def cmd_pull(args) -> None:
-    from microal.inference.evaluate import format_table
-    from microal.labelstudio.loop import label_cost
+    from microal.cli.active import pull_and_report
 
     project = _project(args)
-    report = _labeller(args, project).pull(project)
-    print(
-        f"labelled {len(report.labelled)}, updated {len(report.updated)}, rejected {len(report.rejected)}, "
-        f"waiting for more annotators {len(report.waiting)}"
-    )
-    print(f"pool: {project.pool.counts()}\nexpert time per round:\n{format_table(label_cost(project))}")
+    pull_and_report(project, _labeller(args, project))
 
 
 def cmd_run(args) -> None:
-    from microal.labelstudio.loop import run_loop
+    from microal.cli.active import run_expert_loop
 
     project = _project(args)
-    labeller = _labeller(args, project)
-    print(f"polling Label Studio every {project.config.labelstudio.poll_seconds:.0f} s", flush=True)
-    run_loop(project, labeller.target, until_round=args.until_round, address=args.address, labeller=labeller)
+    run_expert_loop(args, project, _labeller(args, project))
 
 
 def add_classify_al(sub) -> None:
@@ -87,9 +78,4 @@ def add_classify_al(sub) -> None:
         ("pull", "bring the experts' classes back into the image labels", cmd_pull),
         ("run", "keep the loop going: pull, retrain the classifier, rank, push, by itself", cmd_run),
     ):
-        q = step(name, help_text, handler)
-        q.add_argument("--url", help="Label Studio URL (default labelstudio.url)")
-        q.add_argument("--token-file", help="file holding the API token (default: LABEL_STUDIO_TOKEN)")
-        if name == "run":
-            q.add_argument("--until-round", type=int, help="stop after this round's classifier is trained and pushed")
-            add_address(q)
+        add_labelstudio_options(step(name, help_text, handler), run=name == "run")

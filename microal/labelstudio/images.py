@@ -1,7 +1,8 @@
 """Whole micrographs in Label Studio (image-level active learning, active/images.py): each
 selected image becomes a task with the class table as single choices, the classifier's decision
 as the pre-annotation and the acquisition score as its score; experts pick a class (or flag the
-image) and the pulled choices become image labels. Pushing, pulling, costs and restarts are the
+image) and the pulled choices become image labels. Connect with labelstudio.loop.connect and
+config.image_label_config. Pushing, pulling, costs and restarts are the
 tiles' (labelstudio/loop.py); only what a task shows and what an answer means differ.
 """
 
@@ -19,23 +20,17 @@ from microal.classify.classifier_file import Classifier
 from microal.classify.labels import NONE_CLASS
 from microal.data.imageio import read_catalog_image
 from microal.files import atomic_path
-from microal.labelstudio.client import LabelStudioClient, choice_result, results_choices
-from microal.labelstudio.config import CLASS_NAME, FLAG_NONE, FLAGS_NAME, image_label_config
+from microal.labelstudio.client import choice_result, results_choices
+from microal.labelstudio.config import CLASS_NAME, FLAG_NONE, FLAGS_NAME
 from microal.labelstudio.loop import (
     LabelStudioLabeller,
     LabelStudioTarget,
     PullReport,
     PushReport,
     Verdict,
-    connect,
     new_selection,
     pull,
 )
-
-
-def connect_images(project: ImageALProject, client: LabelStudioClient, workdir) -> LabelStudioTarget:
-    """The image project's Label Studio project, with the class-choice labelling config."""
-    return connect(project, client, workdir, xml=image_label_config(project.config))
 
 
 def _write_image_png(project: ImageALProject, row: pd.Series, path) -> None:

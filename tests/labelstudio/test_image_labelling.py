@@ -13,9 +13,9 @@ from microal.cli.main import main
 from microal.config import parse_config
 from microal.errors import MicroalError
 from microal.labelstudio.client import LabelStudioClient, choice_result
-from microal.labelstudio.config import CLASS_NAME, FLAG_NONE, FLAGS_NAME
-from microal.labelstudio.images import ImageLabelStudioLabeller, connect_images
-from microal.labelstudio.loop import label_cost
+from microal.labelstudio.config import CLASS_NAME, FLAG_NONE, FLAGS_NAME, image_label_config
+from microal.labelstudio.images import ImageLabelStudioLabeller
+from microal.labelstudio.loop import connect, label_cost
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,8 @@ def test_the_oracle_and_the_experts_run_the_same_image_round_then_retrain_on_wha
     oracle = rounds.run_round(oracle_project, OracleLabeller())
     assert set(oracle.report.columns) >= {"accuracy", "balanced_accuracy"} and oracle.report.images.iloc[0] == 6
     client = LabelStudioClient(server["server"].url, server["token"])
-    labeller = ImageLabelStudioLabeller(connect_images(experts_project, client, server["files_root"]))
+    target = connect(experts_project, client, server["files_root"], xml=image_label_config(config))
+    labeller = ImageLabelStudioLabeller(target)
     experts = rounds.run_round(experts_project, labeller, members=oracle.ensemble)
 
     # The same pool, model and selection: the highest entropy first.
