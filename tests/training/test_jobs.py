@@ -63,26 +63,15 @@ def test_one_worker_trains_checkpoints_and_exports_then_resumes(ray_local, tiled
     assert 1 <= len(checkpoint_dirs(ws.ray_storage / "one")) <= 3
 
 
-def test_two_workers_ddp(ray_local, tiled, synth_dir):
-    ws, _, _ = tiled
-    config = _config(synth_dir, epochs=2, num_workers=2)
-    summary = train(config, ws.tiles, ws.run("ddp"), str(ws.ray_storage), "ddp")
-    assert summary.history.epoch.tolist() == [1, 2]
-    # Both ranks contributed their shards of the validation set: IoUs are finite.
-    assert summary.history.val_miou.between(0, 1).all()
-    assert _load(summary.best_model)["state_dict"]  # saved unwrapped (no "module." prefix)
-    assert not any(k.startswith("module.") for k in _load(summary.best_model)["state_dict"])
-
-
 def _alive_controllers() -> set[int]:
     filters = [("class_name", "=", "TrainController"), ("state", "=", "ALIVE")]
     return {a.pid for a in list_actors(address=ray.get_runtime_context().gcs_address, filters=filters)}
 
 
 def test_a_ddp_run_survives_its_controller_dying(ray_local, tiled, synth_dir, capfd):
-    """Ray Train's controller process killed mid-run (as a crash inside Ray does): the run goes
-    on from its last checkpoint instead of failing. (Multi-worker runs go through Ray Train; a
-    one-worker run's lost worker: tests/backend/test_ray.py and test_fault_tolerance.py.)"""
+    """Two DDP workers through Ray Train, and the controller process killed mid-run (as a crash
+    inside Ray does): the run goes on from its last checkpoint instead of failing. (A one-worker
+    run's lost worker: tests/backend/test_ray.py and test_fault_tolerance.py.)"""
     ws, _, _ = tiled
     config = _config(synth_dir, epochs=6, samples_per_epoch=32, num_workers=2)
     before = _alive_controllers()
@@ -106,6 +95,10 @@ def test_a_ddp_run_survives_its_controller_dying(ray_local, tiled, synth_dir, ca
     assert attempts[0] == 0 and attempts[-1] == 1 and attempts == sorted(attempts), attempts
     assert 1 <= attempts.index(1) < 6  # resumed from a checkpoint, not from scratch
     assert "controller died" in capfd.readouterr().out
+    # Both ranks contributed their shards of the validation set: IoUs are finite.
+    assert history.val_miou.between(0, 1).all()
+    state = _load(outcome["summary"].best_model)["state_dict"]
+    assert state and not any(k.startswith("module.") for k in state)  # saved unwrapped
 
 
 @pytest.mark.parametrize("kind", sorted(JOB_KINDS))
