@@ -117,8 +117,8 @@ class ImageALProject:
         splits = _held_out(self.catalog, self.config)
         return self.catalog[self.catalog.image_id.map(splits) == TEST]
 
-    def round_catalog(self, round_: int) -> Path:
-        """What round `round_` trains on: the catalog where labelled pool images carry the store's
+    def round_images(self) -> pd.DataFrame:
+        """The catalog as the next round trains on it: labelled pool images carry the store's
         class and the held-out test images their own; every other image is unlabelled."""
         known = self.labels.by_image()
         labelled = self.pool.table.tile_id[self.pool.table.state == LABELLED]
@@ -127,11 +127,15 @@ class ImageALProject:
         labels[from_store] = self.catalog.image_id[from_store].map(known)
         test = self.catalog.image_id.isin(self.heldout_images().image_id)
         labels[test] = self.catalog.label[test]
-        table = read_catalog(self.catalog_path).assign(label=labels.to_numpy())
+        return self.catalog.assign(label=labels, labelled=labels.notna())
+
+    def round_catalog(self, round_: int, images: pd.DataFrame | None = None) -> Path:
+        """rounds/round-<r>/catalog.parquet: what round `round_` trains on (`round_images`)."""
+        images = self.round_images() if images is None else images
         path = self.round_dir(round_) / ROUND_CATALOG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            table.to_parquet(tmp, index=False)
+            images.drop(columns="labelled").to_parquet(tmp, index=False)
         return path
 
     # The steps of the shared round (active/rounds.RoundProject).
@@ -151,8 +155,9 @@ class ImageALProject:
         else:
             if not self.pool.ids(LABELLED):
                 raise MicroalError("classify al: no image is labelled yet; label a few (or ingest labels) first")
-            catalog = self.round_catalog(round_)
-            config = apply_overrides(self.config, self._round_settings(round_, catalog), source=f"round {round_}")
+            images = self.round_images()
+            catalog = self.round_catalog(round_, images)
+            config = apply_overrides(self.config, self._round_settings(round_, images), source=f"round {round_}")
             storage = self.root / "ray-runs"
             name = f"round-{round_}"
             run = train_classifier(
@@ -167,14 +172,13 @@ class ImageALProject:
             classifier = load_classifier(run.best_classifier)
         return classifier, self._report(classifier, folder)
 
-    def _round_settings(self, round_: int, catalog: Path) -> dict:
+    def _round_settings(self, round_: int, images: pd.DataFrame) -> dict:
         """The round's seed, as many validation folds as the labelled samples allow (an early round
         may hold fewer samples than split.n_folds asks for), and a fold that trains every class."""
         settings = {"training.seed": self.seed * 100 + round_}
         split = self.config.split
         if split.method != "group_kfold":
             return settings
-        images = labelled_images(read_catalog(catalog), self.config)
         pool = images[images.labelled & ~images.image_id.isin(self.heldout_images().image_id)]
         groups = pool[split.group_by].nunique()
         if groups < 2:

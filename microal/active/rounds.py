@@ -346,7 +346,7 @@ class RoundOutcome:
 
     @property
     def heldout_miou(self) -> float:
-        return float(self.report.miou.iloc[0]) if self.report is not None else float("nan")
+        return self.heldout("miou")
 
     def heldout(self, metric: str) -> float:
         """The round model's held-out `metric` (first row of the report), NaN without one."""
