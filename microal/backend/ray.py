@@ -523,8 +523,9 @@ class PooledWorker:
     """A long-lived worker process: runs one-worker training loops and batch operations, so
     neither pays a process start (and torch's import) each time."""
 
-    def __init__(self):
+    def __init__(self, cpus: float):
         logging.getLogger("ray.train").setLevel(logging.WARNING)
+        self._threads = max(1, int(cpus))
         self._built: tuple[Any, Any] | None = None  # (factory, the worker it built)
 
     def pid(self) -> int:
@@ -544,6 +545,9 @@ class PooledWorker:
         if self._built is None or self._built[0] != make_worker:
             self._built = None  # free the old worker before building the new one
             self._built = (make_worker, make_worker())
+        # After the build (a factory may set its own count): a worker lent from a larger shape
+        # runs the batch on every CPU it holds.
+        torch.set_num_threads(self._threads)
         return operation(self._built[1], batch)
 
 
@@ -563,8 +567,41 @@ class _WorkerPool:
                 for other in [s for s in self.idle if s != shape]:
                     for handle in self.idle.pop(other):
                         ray.kill(handle)
+        return self._start(shape)
+
+    @staticmethod
+    def _start(shape: _Shape):
         # Waits for room where the cluster has none now (busy workers finish, or nodes join).
-        return PooledWorker.options(num_cpus=shape.cpus, num_gpus=shape.gpus).remote()
+        return PooledWorker.options(num_cpus=shape.cpus, num_gpus=shape.gpus).remote(shape.cpus)
+
+    def acquire_for_batches(self, shape: _Shape, count: int) -> list[tuple[Any, _Shape]]:
+        """Workers worth up to `count` workers of `shape` for a batch operation, each with the
+        shape it holds: idle ones of this shape, new ones while the cluster has room, then idle
+        workers of a larger shape with the same GPUs (a round's fit worker scores its tiles
+        with all its threads instead of being stopped for two smaller workers, and restarted
+        for the next fit). Only where none of these exists are other shapes stopped for one new
+        worker."""
+        with self.lock:
+            wanted = count * shape.cpus
+            taken: list[tuple[Any, _Shape]] = []
+            held = 0.0
+            while held < wanted and self.idle.get(shape):
+                taken.append((self.idle[shape].pop(), shape))
+                held += shape.cpus
+            room = dict(ray.available_resources())
+            while held < wanted and shape.fits(room):
+                taken.append((self._start(shape), shape))
+                held += shape.cpus
+                room["CPU"] = room.get("CPU", 0) - shape.cpus
+                room["GPU"] = room.get("GPU", 0) - shape.gpus
+            larger = [s for s in self.idle if s != shape and s.gpus == shape.gpus and s.cpus >= shape.cpus]
+            for other in sorted(larger, key=lambda s: s.cpus):
+                while held < wanted and self.idle[other]:
+                    taken.append((self.idle[other].pop(), other))
+                    held += other.cpus
+            if taken:
+                return taken
+        return [(self.acquire(shape), shape)]
 
     def release(self, handle, shape: _Shape) -> None:
         with self.lock:
@@ -627,8 +664,8 @@ def map_batches(
     if actors is None:
         actors = cluster_gpus() if use_gpu else cluster_cpus() // threads_per_actor
     actors = max(1, min(actors, len(batches)))
-    shape = _Shape(threads_per_actor, 1 if use_gpu else 0)
-    handles = [_POOL.acquire(shape) for _ in range(actors)]
+    workers = _POOL.acquire_for_batches(_Shape(threads_per_actor, 1 if use_gpu else 0), actors)
+    handles = [handle for handle, _ in workers]
     factory = ray.put(make_worker)
     try:
         results = list(ActorPool(handles).map(lambda a, batch: a.call.remote(factory, operation, batch), batches))
@@ -636,6 +673,6 @@ def map_batches(
         for handle in handles:
             _POOL.discard(handle)
         raise
-    for handle in handles:
+    for handle, shape in workers:
         _POOL.release(handle, shape)
     return results

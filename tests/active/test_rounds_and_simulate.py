@@ -24,7 +24,7 @@ from microal.training.jobs import split_table
 
 def _config(synth_dir, **al):
     raw = quick_config_dict(synth_dir, epochs=2, samples_per_epoch=16)
-    raw["al"] = {"members": 2, "batch_size": 4, "score_batch_size": 32, "scoring_actors": 1, **al}
+    raw["al"] = {"members": 2, "batch_size": 4, "score_batch_size": 32, **al}
     return parse_config(raw)
 
 

@@ -1,5 +1,6 @@
 """The Ray backend's own settings: defaults that the environment can override."""
 
+import json
 import os
 
 from microal.backend import ray as ray_backend
@@ -16,11 +17,11 @@ def test_environment_defaults_never_override_what_the_user_set(monkeypatch):
     )
 
 
-def _spec(tmp_path, name: str, **options) -> ray_backend.RunSpec:
+def _spec(tmp_path, name: str, cpus_per_worker: float = 1, **options) -> ray_backend.RunSpec:
     return ray_backend.RunSpec(
         name=name,
         storage_path=str(tmp_path / "storage"),
-        cpus_per_worker=1,
+        cpus_per_worker=cpus_per_worker,
         score=("score", "max"),
         export_dir=tmp_path / name,
         export_files=("state.json",),
@@ -74,3 +75,40 @@ def test_one_worker_fits_reuse_a_pooled_worker_and_survive_losing_it(ray_local, 
     # An error of the loop itself is reported, not retried.
     with pytest.raises(MicroalError, match="training 'e' failed: a bad value at epoch 2"):
         ray_backend.fit(_counting_loop, {"epochs": 3, "raise_at": 2}, _spec(tmp_path, "e", max_failures=3))
+
+
+def test_a_batch_operation_borrows_the_idle_fit_worker_with_all_its_threads(ray_local, tmp_path):
+    """On 2 CPUs a 2-CPU fit worker and two 1-CPU batch workers cannot coexist: scoring runs in
+    the idle fit worker (2 torch threads) and the next fit finds it still there."""
+
+    def _report_pid(job: dict, session) -> None:
+        import json
+        import os
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "state.json").write_text(json.dumps({"pid": os.getpid()}))
+            session.report({"score": 1.0}, Path(tmp))
+
+    def _threads_and_pid(worker, batch: list) -> list:
+        import os
+
+        import torch
+
+        return [(item, torch.get_num_threads(), os.getpid()) for item in batch]
+
+    def fitted_pid(name: str) -> int:
+        ray_backend.fit(_report_pid, {}, _spec(tmp_path, name, cpus_per_worker=2))
+        return json.loads((tmp_path / name / "best_state.json").read_text())["pid"]
+
+    ray_backend.release_workers()
+    fit_pid = fitted_pid("a")
+    # The factory is a builtin (picklable, comparable); each item reports the threads it ran on.
+    results = ray_backend.map_batches(dict, _threads_and_pid, list(range(6)), batch_size=2)
+    rows = [row for batch in results for row in batch]
+    assert [item for item, _, _ in rows] == list(range(6)), "results out of order"
+    assert {pid for _, _, pid in rows} == {fit_pid}
+    assert {threads for _, threads, _ in rows} == {2}
+    assert ray_backend.idle_workers() == 1
+    assert fitted_pid("b") == fit_pid, "the next fit started a new worker"
