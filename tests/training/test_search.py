@@ -83,8 +83,10 @@ def _finished_trials(experiment: Path, epochs: int) -> dict[str, list[str]]:
 def test_interrupted_search_resumes_without_rerunning_finished_trials(tiled, synth_dir, tmp_path):
     ws, _, _ = tiled
     config = tmp_path / "c.yaml"
-    # Trials long enough (several seconds each) that the second is still running when interrupted.
-    config.write_text(yaml.safe_dump(quick_config_dict(synth_dir, epochs=4, samples_per_epoch=96)))
+    # The second trial is still starting (Ray Train's worker start-up alone takes seconds) or
+    # training when the first has finished and the search is interrupted.
+    epochs = 2
+    config.write_text(yaml.safe_dump(quick_config_dict(synth_dir, epochs=epochs, samples_per_epoch=32)))
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
     work = tmp_path / "w"
@@ -110,12 +112,12 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tiled, syn
 
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while not _finished_trials(experiment, 4) and time.time() < deadline and first.poll() is None:
+    while not _finished_trials(experiment, epochs) and time.time() < deadline and first.poll() is None:
         time.sleep(1)
     time.sleep(2)  # let Tune save its experiment state after the trial
     first.send_signal(signal.SIGINT)  # Ctrl-C
     output, _ = first.communicate(timeout=120)
-    finished_before = _finished_trials(experiment, 4)
+    finished_before = _finished_trials(experiment, epochs)
     assert finished_before, output[-3000:]
     assert len(finished_before) < 2, "the search finished before it could be interrupted"
 
@@ -123,7 +125,7 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tiled, syn
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     results = pd.read_csv(work / "tune" / "s" / "results.csv")
     assert len(results) == 2 and set(results.status) == {"finished"}, results.to_string() + resumed.stdout[-3000:]
-    finished_after = _finished_trials(experiment, 4)
+    finished_after = _finished_trials(experiment, epochs)
     for trial_id, checkpoints in finished_before.items():
         # Not re-run: the same checkpoints, no new ones.
         assert finished_after[trial_id] == checkpoints
