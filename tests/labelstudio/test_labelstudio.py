@@ -40,7 +40,14 @@ from microal.labelstudio.loop import (
     push,
     run_round,
 )
-from microal.labelstudio.server import port_is_free, start_server
+from microal.labelstudio.server import (
+    DATABASE_FILE,
+    find_executable,
+    port_is_free,
+    seed_database,
+    start_server,
+    template_database,
+)
 
 ARTIFACTS = Path(os.environ.get("MICROAL_TEST_ARTIFACTS", REPO / "test-artifacts"))
 
@@ -95,6 +102,32 @@ def _queued(loop) -> list[tuple[str, int]]:
     table = loop["project"].pool.table
     queued = table[table.state == QUEUED].sort_values("tile_id")
     return list(zip(queued.tile_id, queued.task_id.astype(int)))
+
+
+def test_a_new_data_folder_starts_from_the_migrated_template_and_an_existing_one_is_kept(tmp_path):
+    executable = tmp_path / "venv" / "bin" / "label-studio"
+    executable.parent.mkdir(parents=True)
+    executable.write_text("#!/bin/sh\n")
+    assert template_database(str(executable)) is None
+    assert not seed_database(tmp_path / "data", str(executable))  # no template: Label Studio migrates
+    template = tmp_path / "venv" / "microal-empty-database" / DATABASE_FILE
+    template.parent.mkdir()
+    template.write_bytes(b"migrated")
+    (tmp_path / "data").mkdir()
+    assert seed_database(tmp_path / "data", str(executable))
+    assert (tmp_path / "data" / DATABASE_FILE).read_bytes() == b"migrated"
+    (tmp_path / "data" / DATABASE_FILE).write_bytes(b"a lab's projects")
+    assert not seed_database(tmp_path / "data", str(executable))
+    assert (tmp_path / "data" / DATABASE_FILE).read_bytes() == b"a lab's projects"
+    assert [p.name for p in (tmp_path / "data").iterdir()] == [DATABASE_FILE]
+
+
+def test_the_session_server_started_without_migrating_where_install_made_a_template(server):
+    if template_database(find_executable()) is None:
+        pytest.skip("no migrated template beside label-studio (labelstudio/install.sh makes it)")
+    log = (server["root"] / "data" / "label-studio.log").read_text()
+    # Its token works (the other tests use it): the user was created at the first start.
+    assert "Initializing database" not in log and "Starting development server" in log
 
 
 def test_label_config_follows_the_class_table(project_config):
