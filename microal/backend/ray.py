@@ -655,7 +655,8 @@ def map_batches(
     """`operation(worker, batch)` over batches of `items` in pooled workers (an ActorPool),
     results in order. Each worker builds its worker object once with `make_worker()` (and keeps
     it for later calls with an equal factory); only the batches travel. Default actors: one per
-    GPU, or per `threads_per_actor` CPUs."""
+    GPU, or per `threads_per_actor` CPUs. Where the cluster has no room for them, idle larger
+    workers (a fit's) stand in, each running with all its CPUs' threads."""
     from ray.util import ActorPool
 
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
