@@ -135,7 +135,9 @@ class ImageALProject:
         path = self.round_dir(round_) / ROUND_CATALOG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            images.drop(columns="labelled").to_parquet(tmp, index=False)
+            # A catalog file's `labelled` means "has a mask" (data/catalog.py); in memory it means
+            # "has a class" (classify/labels.labelled_images), which training derives again.
+            images.assign(labelled=images.mask_path.notna()).to_parquet(tmp, index=False)
         return path
 
     # The steps of the shared round (active/rounds.RoundProject).

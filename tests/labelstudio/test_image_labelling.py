@@ -115,6 +115,9 @@ def test_the_oracle_and_the_experts_run_the_same_image_round_then_retrain_on_wha
     retrained = rounds.run_round(experts_project, labeller, select=False)
     assert retrained.round == 1
     trained_on = pd.read_parquet(experts_project.round_dir(1) / ROUND_CATALOG_FILE)
+    ingested = pd.read_parquet(experts_project.catalog_path)
+    assert list(trained_on.columns) == list(ingested.columns)  # a catalog file like any other
+    assert trained_on.labelled.tolist() == ingested.set_index("image_id").labelled.loc[trained_on.image_id].tolist()
     pool_labels = trained_on[~trained_on.image_id.isin(experts_project.heldout_images().image_id)]
     assert (
         sorted(pool_labels.image_id[pool_labels.label.notna()]) == sorted(experts_project.pool.ids(LABELLED))
