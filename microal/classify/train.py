@@ -105,6 +105,17 @@ def describe_crops(net, dataset, batch_size: int, compute=None) -> tuple[np.ndar
     return np.concatenate(out), np.concatenate(owners)
 
 
+def reference_rows(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Rows (sorted) of at most `per_class` images of each class, a seeded draw: the training
+    images whose crops give the validation centroids."""
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.choice(rows, size=min(per_class, len(rows)), replace=False)
+        for rows in (np.flatnonzero(labels == c) for c in np.unique(labels))
+    ]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=int)
+
+
 def nearest_centroid_accuracy(
     reference: np.ndarray, reference_labels: np.ndarray, probe: np.ndarray, probe_labels: np.ndarray
 ) -> float:
@@ -149,7 +160,8 @@ def classify_worker(job: ClassifyJob, session: WorkerSession) -> None:
         loss = loss_fn(descriptors, labels, miner(descriptors, labels)) + 0.0 * descriptors.sum()
         return loss + settings.class_loss_weight * cross_entropy(logits, labels)
 
-    reference = FixedCrops(train_store, settings.val_crops, settings, seed=REFERENCE_SEED)
+    reference_images = reference_rows(train_labels, settings.reference_images_per_class, REFERENCE_SEED)
+    reference = FixedCrops(train_store.subset(reference_images), settings.val_crops, settings, seed=REFERENCE_SEED)
     validation = None
     if len(data.val):
         val_store = ImageStore(data.val, cfg.ingest)
@@ -173,7 +185,7 @@ def classify_worker(job: ClassifyJob, session: WorkerSession) -> None:
             ref, ref_owner = describe_crops(net, reference, settings.predict_batch_size, compute)
             probe, probe_owner = describe_crops(net, validation, settings.predict_batch_size, compute)
             metrics["val_accuracy"] = nearest_centroid_accuracy(
-                ref, train_labels[ref_owner], probe, val_labels[probe_owner]
+                ref, train_labels[reference_images][ref_owner], probe, val_labels[probe_owner]
             )
             metrics["val_seconds"] = time.time() - validation_started
         metrics.update(epoch_seconds=time.time() - started, lr=optimizer.param_groups[0]["lr"], attempt=attempt)

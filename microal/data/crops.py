@@ -96,6 +96,14 @@ class ImageStore:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def subset(self, indices) -> ImageStore:
+        """The store of these images only (their arrays shared, not read again)."""
+        part = object.__new__(ImageStore)
+        part.rows = self.rows.iloc[list(indices)].reset_index(drop=True)
+        part.arrays = [self.arrays[i] for i in indices]
+        part.stats = [self.stats[i] for i in indices]
+        return part
+
     def crop(self, index: int, rng: np.random.Generator, settings: ClassifyConfig, augment=None) -> tuple:
         """One random crop of image `index`: (1 x S x S standardised tensor, log10 px/µm)."""
         image = self.arrays[index]

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from microal.classify.classifier_file import CLASSIFIER_FILE, load_classifier, read_classifier_file
-from microal.classify.train import ClassifyJob, build_data, classify_worker, nearest_centroid_accuracy
+from microal.classify.train import (
+    ClassifyJob,
+    build_data,
+    classify_worker,
+    nearest_centroid_accuracy,
+    reference_rows,
+)
 from microal.config import apply_overrides, parse_config
 from microal.data.catalog import ingest
 from microal.training.local import LocalSession
@@ -29,6 +35,15 @@ def test_nearest_centroid_accuracy_is_balanced_over_the_probe_classes():
     probe = np.array([[0.1, 0], [0.2, 0.1], [0.1, 0.2], [4.8, 5]])  # three of class 0, one of class 1
     assert nearest_centroid_accuracy(reference, labels, probe, np.array([0, 0, 0, 1])) == 1.0
     assert nearest_centroid_accuracy(reference, labels, probe, np.array([0, 0, 1, 1])) == 0.75
+
+
+def test_validation_centroids_come_from_at_most_the_capped_images_of_each_class():
+    labels = np.array([0] * 50 + [1] * 3 + [2] * 10)
+    rows = reference_rows(labels, per_class=8, seed=5)
+    assert np.all(np.diff(rows) > 0)
+    assert np.bincount(labels[rows]).tolist() == [8, 3, 8]  # a small class keeps every image
+    assert np.array_equal(rows, reference_rows(labels, per_class=8, seed=5))
+    assert not np.array_equal(rows, reference_rows(labels, per_class=8, seed=6))
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_planned(catalog_and_config, tmp_path):

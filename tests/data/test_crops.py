@@ -78,6 +78,15 @@ def test_fixed_crops_are_the_same_for_an_image_in_any_company(tmp_path):
     assert np.array_equal(together[7][0], single[1][0])
 
 
+def test_a_subset_store_shares_its_images_and_crops_them_as_the_whole_store_does(tmp_path):
+    store = _store(tmp_path)
+    part = store.subset([2, 0])
+    assert list(part.rows.image_id) == [store.rows.image_id[2], store.rows.image_id[0]]
+    assert part.arrays[0] is store.arrays[2] and part.stats[1] == store.stats[0]
+    settings = ClassifyConfig(crop_size=32)
+    assert np.array_equal(FixedCrops(part, 3, settings, seed=1)[1][0], FixedCrops(store, 3, settings, seed=1)[7][0])
+
+
 def test_an_image_without_a_pixel_size_is_named(tmp_path):
     with pytest.raises(InputError, match=r"im1\.png.*no pixel size"):
         _store(tmp_path, um_per_px=(0.1, float("nan"), 0.2))
