@@ -28,9 +28,14 @@ from common import REPO, fresh, parser, require_data
 from sklearn.model_selection import StratifiedGroupKFold
 
 SETTINGS = {
+    # A light timm encoder: on 2 CPU cores it trains ~3.5x the crops resnet18 does in the same
+    # time. A random resnet18 saw 12k crops in its budget and barely left chance (training loss
+    # 2.2 -> 1.5, inner validation accuracy 0.1-0.6); regnetx_002 with 4x the crops reached
+    # 0.53-0.74 on the same inner validation images (never the test fold).
+    "model.encoder": "tu-regnetx_002",
+    "classify.crops_per_epoch": 2048,
     "classify.crop_size": 96,
     "classify.epochs": 24,
-    "classify.crops_per_epoch": 512,
     "classify.batch_size": 32,
     "classify.val_crops": 4,
     "classify.gmm_crops": 16,

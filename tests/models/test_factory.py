@@ -20,6 +20,17 @@ def test_unknown_choices_name_the_valid_ones():
         build_model(ModelConfig(arch="unet3"), 2)
     with pytest.raises(ConfigError, match="model.encoder: unknown encoder 'resnet9'"):
         build_model(ModelConfig(encoder="resnet9"), 2)
+    with pytest.raises(ConfigError, match=r"unknown encoder 'tu-resnet9'.*tu-<name> for a timm model"):
+        build_model(ModelConfig(encoder="tu-resnet9"), 2)
+
+
+def test_a_timm_model_is_an_encoder_by_its_tu_name():
+    from microal.config import ClassifyConfig
+    from microal.models.embedding import build_embedding_net
+
+    net = build_embedding_net(ModelConfig(encoder="tu-regnetx_002"), ClassifyConfig(), classes=3)
+    descriptors, logits = net.eval()(torch.zeros(2, 1, 64, 64), torch.zeros(2), with_logits=True)
+    assert descriptors.shape == (2, 2) and logits.shape == (2, 3)
 
 
 def test_local_encoder_checkpoint_is_loaded(tmp_path):
