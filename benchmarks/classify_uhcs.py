@@ -34,6 +34,9 @@ SETTINGS = {
     # 0.53-0.74 on the same inner validation images (never the test fold).
     "model.encoder": "tu-regnetx_002",
     "classify.crops_per_epoch": 2048,
+    # An 8-D descriptor: on the same inner validation images the open-set rule (mixtures) gave
+    # balanced accuracy 0.678 over the three large classes, against 0.565 in the 2-D plane.
+    "classify.embedding_dim": 8,
     "classify.crop_size": 96,
     "classify.epochs": 24,
     "classify.batch_size": 32,
