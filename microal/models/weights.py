@@ -78,6 +78,12 @@ def _imagenet_url(encoder: str) -> str:
 def source(encoder: str, weights: str) -> WeightsSource:
     if weights not in PRETRAINED:
         raise ConfigError(f"model.encoder_weights: unknown source {weights!r}; valid: {list(PRETRAINED)} or a file")
+    if encoder.startswith("tu-"):
+        # MicroNet's release and smp's hub name smp's own encoders; timm's come from elsewhere.
+        raise ConfigError(
+            f"model.encoder_weights: {weights} weights are published for smp's own encoder names "
+            f"(e.g. resnet18), not for the timm encoder {encoder!r}: use encoder_weights: none or a local file"
+        )
     url = _imagenet_url(encoder) if weights == "imagenet" else _micronet_url(encoder, weights)
     mirror = os.environ.get("MICROAL_WEIGHTS_MIRROR")
     if mirror:

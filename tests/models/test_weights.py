@@ -13,7 +13,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from microal.config import ModelConfig
-from microal.errors import InputError, MicroalError
+from microal.errors import ConfigError, InputError, MicroalError
 from microal.models import weights
 from microal.models.factory import adapt_first_conv, build_model
 
@@ -70,6 +70,9 @@ def test_micronet_url_follows_the_release_naming():
     )
     imagenet = weights.source("resnet18", "imagenet")
     assert "smp-hub/resnet18.imagenet/resolve/" in imagenet.url and imagenet.file_name.endswith(".safetensors")
+    for source in ("micronet", "imagenet"):
+        with pytest.raises(ConfigError, match=f"{source} weights are published for smp's own encoder names"):
+            weights.source("tu-regnetx_002", source)
 
 
 def test_download_once_checked_against_the_servers_digest_then_from_the_cache(mirror):
