@@ -182,6 +182,21 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * DURATION_SECONDS[match.group(2)]
 
 
+def budget_in_epochs(data):
+    """`budget: 40` or `budget: 40 epochs` is a number of epochs, not a time: it becomes `epochs`."""
+    if isinstance(data, dict) and data.get("budget") is not None:
+        match = re.fullmatch(r"(\d+)(\s*epochs?)?", str(data["budget"]).strip())
+        if match:
+            data = {**data, "epochs": int(match.group(1)), "budget": None}
+    return data
+
+
+def checked_duration(value: str | None) -> str | None:
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
 class TrainingConfig(_Strict):
     epochs: int = Field(20, ge=1)
     # A time for the whole fit ("20min"): a timing probe on the worker decides how many epochs fit
@@ -223,20 +238,12 @@ class TrainingConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _budget_in_epochs(cls, data):
-        # `budget: 40` or `budget: 40 epochs` is a number of epochs, not a time.
-        if isinstance(data, dict) and data.get("budget") is not None:
-            budget = str(data["budget"]).strip()
-            match = re.fullmatch(r"(\d+)(\s*epochs?)?", budget)
-            if match:
-                data = {**data, "epochs": int(match.group(1)), "budget": None}
-        return data
+        return budget_in_epochs(data)
 
     @field_validator("budget")
     @classmethod
     def _budget_is_a_duration(cls, value):
-        if value is not None:
-            parse_duration(value)
-        return value
+        return checked_duration(value)
 
     @property
     def budget_seconds(self) -> float | None:
@@ -340,6 +347,10 @@ class ClassifyConfig(_Strict):
     # (0: the triplet loss alone, as the paper).
     class_loss_weight: float = Field(1.0, ge=0)
     epochs: int = Field(20, ge=1)
+    # A time for the embedding's training ("6min", counted from the job's start, Ray's start-up
+    # included): as many of `epochs` as fit, measured as the epochs go, and the cosine schedule
+    # ends with the last of them. "30 epochs" (or 30) is the same as epochs: 30.
+    budget: str | None = None
     crops_per_epoch: int = Field(1024, ge=8)
     batch_size: int = Field(32, ge=4)  # class-balanced: each batch draws every class in turn
     lr: float = Field(1e-3, gt=0)
@@ -364,6 +375,20 @@ class ClassifyConfig(_Strict):
     # the highest novelty (share of "none" crops: unlike anything trained), or at random.
     acquisition: Literal["entropy", "novelty", "random"] = "entropy"
     sites: SitesConfig = Field(default_factory=SitesConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_in_epochs(cls, data):
+        return budget_in_epochs(data)
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_is_a_duration(cls, value):
+        return checked_duration(value)
+
+    @property
+    def budget_seconds(self) -> float | None:
+        return parse_duration(self.budget) if self.budget is not None else None
 
     @field_validator("crop_um")
     @classmethod

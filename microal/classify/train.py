@@ -42,6 +42,7 @@ from microal.errors import MicroalError
 from microal.models.compute import autocast
 from microal.models.embedding import build_embedding_net
 from microal.plots import embedding_plane
+from microal.training.budget import TimeBudget, agree_on, planned_epochs
 from microal.training.jobs import check_run_name, export_history, run_spec, save_splits, worker_cpus
 from microal.training.loop import (
     EpochPlan,
@@ -171,14 +172,28 @@ def classify_worker(job: ClassifyJob, session: WorkerSession) -> None:
     scheduler = warmup_cosine(optimizer, settings.epochs, training.warmup)
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": compute.scaler}
     start_epoch, history = restore_state(session, net, stateful)
-    set_schedule_epochs(scheduler, settings.epochs)  # a resumed run may have been given more epochs
+    budget = TimeBudget(job.started_at, settings.budget_seconds) if settings.budget is not None else None
+    # A resumed run keeps the number of epochs its budget had planned (a new config's epochs otherwise).
+    epochs = planned_epochs(history, settings.epochs) if budget is not None else settings.epochs
+    set_schedule_epochs(scheduler, epochs)
     attempt = next_attempt(history)
-    plan = EpochPlan(training, settings.epochs, job.selection, history)
-    for epoch in range(start_epoch, settings.epochs):
+    plan = EpochPlan(training, epochs, job.selection, history)
+    epoch_starts: list[float] = []
+    epoch = start_epoch
+    while epoch < epochs:  # (a time budget may change `epochs` as it goes)
         started = time.time()
+        epoch_starts.append(started)
         begin_epoch(epoch, [loader])
         metrics = {"epoch": epoch + 1, "train_loss": fit_epoch(net, loader, optimizer, batch_loss, compute)}
         scheduler.step()
+        if budget is not None:
+            # Measured every epoch (from this epoch's steps until two epochs have started): the
+            # cosine schedule ends with the last epoch that fits.
+            fit = budget.epochs_from(epoch, epoch_starts, time.time() - started, settings.epochs)
+            fit = agree_on(fit, session.device)
+            if fit != epochs:
+                plan.epochs = epochs = fit
+                set_schedule_epochs(scheduler, epochs)
         metrics["val_accuracy"], metrics["val_seconds"] = float("nan"), 0.0
         if validation is not None and plan.validates(epoch + 1):
             validation_started = time.time()
@@ -188,7 +203,12 @@ def classify_worker(job: ClassifyJob, session: WorkerSession) -> None:
                 ref, train_labels[reference_images][ref_owner], probe, val_labels[probe_owner]
             )
             metrics["val_seconds"] = time.time() - validation_started
-        metrics.update(epoch_seconds=time.time() - started, lr=optimizer.param_groups[0]["lr"], attempt=attempt)
+        metrics.update(
+            epoch_seconds=time.time() - started,
+            lr=optimizer.param_groups[0]["lr"],
+            attempt=attempt,
+            epochs_planned=epochs,
+        )
         history.append(metrics)
 
         def write_classifier(path: Path, epoch_metrics=dict(metrics), so_far=list(history)) -> None:
@@ -203,9 +223,10 @@ def classify_worker(job: ClassifyJob, session: WorkerSession) -> None:
             stateful,
             None,
             extra_files={CLASSIFIER_FILE: write_classifier},
-            epochs=settings.epochs,
+            epochs=epochs,
             checkpoint=plan.checkpoints(metrics),
         )
+        epoch += 1
 
 
 @dataclass

@@ -101,6 +101,12 @@ def probe_cost(net, loader, optimizer_factory, batch_loss_factory, compute, vali
     return EpochCost(step_s, len(loader), validation_s, checkpoint_s)
 
 
+def planned_epochs(history: list[dict], default: int) -> int:
+    """The number of epochs a budgeted run planned last (kept in its history), for its resume."""
+    planned = [row["epochs_planned"] for row in history if "epochs_planned" in row]
+    return int(planned[-1]) if planned else default
+
+
 def agree_on(epochs: int, device: torch.device) -> int:
     """Every worker trains the same number of epochs (DDP steps in lockstep): the fewest any measured."""
     if not (dist.is_available() and dist.is_initialized()):

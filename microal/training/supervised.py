@@ -19,7 +19,7 @@ from microal.data.labels import LabelStore
 from microal.data.tiles import load_tiles
 from microal.data.tiling import IGNORE_INDEX, crop_centre
 from microal.models.factory import build_model, load_model_weights, parameter_groups
-from microal.training.budget import FIRST_GUESS_SLACK, TimeBudget, agree_on, probe_cost
+from microal.training.budget import FIRST_GUESS_SLACK, TimeBudget, agree_on, planned_epochs, probe_cost
 from microal.training.loop import (
     EpochPlan,
     WorkerSession,
@@ -143,9 +143,8 @@ def budget_epochs(
     if training.budget_seconds is None:
         return training.epochs, None, 0.0
     budget = TimeBudget(job.started_at, training.budget_seconds)
-    planned = [row["epochs_planned"] for row in history if "epochs_planned" in row]
-    if planned:
-        epochs = int(planned[-1])
+    if any("epochs_planned" in row for row in history):
+        epochs = planned_epochs(history, training.epochs)
         return epochs, budget, (budget.deadline - time.time()) / max(1, epochs - start_epoch)
     cost = measure()
     epochs = agree_on(

@@ -1,5 +1,7 @@
 """The classification loop without Ray (LocalSession): it learns, checkpoints, and resumes where
-it stopped; and the open set it leaves in the classifier file."""
+it stopped, ends on time under a budget; and the open set it leaves in the classifier file."""
+
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from microal.classify.train import (
     nearest_centroid_accuracy,
     reference_rows,
 )
-from microal.config import apply_overrides, parse_config
+from microal.config import ClassifyConfig, apply_overrides, parse_config
 from microal.data.catalog import ingest
 from microal.training.local import LocalSession
 
@@ -66,3 +68,30 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_planned(catalog_a
     loaded = load_classifier(resumed.reports[-1][1] / CLASSIFIER_FILE)
     descriptors = loaded.describe(torch.zeros(2, 1, 64, 64), torch.zeros(2, 1))
     assert descriptors.shape == (2, config.classify.embedding_dim)
+
+
+def test_a_time_budget_ends_the_run_on_time_with_its_schedule_finished(catalog_and_config, tmp_path):
+    catalog, config = catalog_and_config
+    config = apply_overrides(
+        config, {"classify.epochs": 10_000, "classify.budget": "16s", "classify.crops_per_epoch": 48}
+    )
+    data, _ = build_data(config, catalog)
+    job = ClassifyJob(config, data)
+    session = LocalSession(cpus=2, checkpoint_root=tmp_path)
+    classify_worker(job, session)
+    finished = time.time()
+    metrics = [m for m, _ in session.reports]
+    assert len(metrics) >= 2
+    assert finished - job.started_at <= 16  # the deadline leaves 10 s for the open set and export
+    assert [int(m["epoch"]) for m in metrics] == list(range(1, len(metrics) + 1))
+    assert metrics[-1]["epochs_planned"] == len(metrics)  # the last epoch was planned as the last
+    assert metrics[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the cosine ended with the run
+
+
+def test_a_classification_budget_is_a_duration_or_a_number_of_epochs():
+    from microal.errors import ConfigError
+
+    assert ClassifyConfig(budget="30 epochs").epochs == 30 and ClassifyConfig(budget="30").budget is None
+    assert ClassifyConfig(budget="6.5min").budget_seconds == pytest.approx(390.0)
+    with pytest.raises((ConfigError, ValueError), match="not a duration"):
+        ClassifyConfig(budget="soon")
