@@ -5,6 +5,7 @@ Usage: python fault_tolerance_run.py CONFIG.yaml WORKDIR  -> prints one JSON lin
 """
 
 import json
+import os
 import sys
 import threading
 import time
@@ -16,6 +17,8 @@ from microal.backend import ray as ray_backend
 from microal.config import load_config
 from microal.training.jobs import train
 from microal.workspace import Workspace
+
+FAST_NODE_DEATH = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3"}
 
 
 def checkpoints_written(run_storage: Path) -> int:
@@ -30,6 +33,10 @@ def main() -> None:
     config = load_config(sys.argv[1])
     ws = Workspace.at(sys.argv[2])
     ray_backend.set_environment_defaults()  # before the nodes start: they inherit the environment
+    # The GCS declares a silent node dead after `threshold` missed checks `period` apart (Ray's
+    # defaults: 5 x 3 s); a test that kills a node waits that long. The recovery is the same.
+    for key, value in FAST_NODE_DEATH.items():
+        os.environ.setdefault(key, value)
     # Head without CPUs: the Train workers can only run on the worker node.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     worker = cluster.add_node(num_cpus=2)
