@@ -182,27 +182,38 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * DURATION_SECONDS[match.group(2)]
 
 
-def budget_in_epochs(data):
-    """`budget: 40` or `budget: 40 epochs` is a number of epochs, not a time: it becomes `epochs`."""
-    if isinstance(data, dict) and data.get("budget") is not None:
-        match = re.fullmatch(r"(\d+)(\s*epochs?)?", str(data["budget"]).strip())
-        if match:
-            data = {**data, "epochs": int(match.group(1)), "budget": None}
-    return data
+class _EpochsOrTime(_Strict):
+    """`epochs`, or a `budget` of time for them: "20min" (counted from the job's start, Ray's
+    start-up included) runs as many of `epochs` as fit, measured as it goes, and the cosine
+    schedule ends with the last of them; "40 epochs" (or 40) is the same as epochs: 40."""
 
-
-def checked_duration(value: str | None) -> str | None:
-    if value is not None:
-        parse_duration(value)
-    return value
-
-
-class TrainingConfig(_Strict):
     epochs: int = Field(20, ge=1)
-    # A time for the whole fit ("20min"): a timing probe on the worker decides how many epochs fit
-    # (at most `epochs`) and the learning-rate schedule ends with them. "40 epochs" (or 40) is
-    # the same as epochs: 40.
     budget: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_in_epochs(cls, data):
+        if isinstance(data, dict) and data.get("budget") is not None:
+            match = re.fullmatch(r"(\d+)(\s*epochs?)?", str(data["budget"]).strip())
+            if match:
+                data = {**data, "epochs": int(match.group(1)), "budget": None}
+        return data
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_is_a_duration(cls, value):
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def budget_seconds(self) -> float | None:
+        return parse_duration(self.budget) if self.budget is not None else None
+
+
+class TrainingConfig(_EpochsOrTime):
+    # epochs, budget: a time for the whole fit ("20min"); a timing probe on the worker decides
+    # how many epochs fit at first, and the measured epochs correct it.
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)  # decoder and head
     encoder_lr_factor: float = Field(0.1, gt=0, le=10)  # encoder lr = lr x factor (seed: 0.1)
@@ -234,20 +245,6 @@ class TrainingConfig(_Strict):
     cpus_per_worker: int | None = Field(None, ge=1)  # default: share the machine's CPUs
     seed: int = 0
     max_failures: int = Field(0, ge=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _budget_in_epochs(cls, data):
-        return budget_in_epochs(data)
-
-    @field_validator("budget")
-    @classmethod
-    def _budget_is_a_duration(cls, value):
-        return checked_duration(value)
-
-    @property
-    def budget_seconds(self) -> float | None:
-        return parse_duration(self.budget) if self.budget is not None else None
 
 
 class PreprocessConfig(_Strict):
@@ -325,7 +322,7 @@ class SitesConfig(_Strict):
         return self
 
 
-class ClassifyConfig(_Strict):
+class ClassifyConfig(_EpochsOrTime):
     """Whole micrographs by class (microal classify): the class table is the config's `classes`,
     each image's class the catalog's `label`. Random crops of varying physical size, resampled to
     crop_size, each with its pixel density given to the network; a metric embedding trained with
@@ -346,11 +343,7 @@ class ClassifyConfig(_Strict):
     # loss = triplet + class_loss_weight x cross-entropy of a linear softmax on the descriptor
     # (0: the triplet loss alone, as the paper).
     class_loss_weight: float = Field(1.0, ge=0)
-    epochs: int = Field(20, ge=1)
-    # A time for the embedding's training ("6min", counted from the job's start, Ray's start-up
-    # included): as many of `epochs` as fit, measured as the epochs go, and the cosine schedule
-    # ends with the last of them. "30 epochs" (or 30) is the same as epochs: 30.
-    budget: str | None = None
+    # epochs, budget: a time for the embedding's training ("6min"), re-measured every epoch.
     crops_per_epoch: int = Field(1024, ge=8)
     batch_size: int = Field(32, ge=4)  # class-balanced: each batch draws every class in turn
     lr: float = Field(1e-3, gt=0)
@@ -375,20 +368,6 @@ class ClassifyConfig(_Strict):
     # the highest novelty (share of "none" crops: unlike anything trained), or at random.
     acquisition: Literal["entropy", "novelty", "random"] = "entropy"
     sites: SitesConfig = Field(default_factory=SitesConfig)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _budget_in_epochs(cls, data):
-        return budget_in_epochs(data)
-
-    @field_validator("budget")
-    @classmethod
-    def _budget_is_a_duration(cls, value):
-        return checked_duration(value)
-
-    @property
-    def budget_seconds(self) -> float | None:
-        return parse_duration(self.budget) if self.budget is not None else None
 
     @field_validator("crop_um")
     @classmethod
