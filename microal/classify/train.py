@@ -174,7 +174,7 @@ def classify_worker(job: ClassifyJob, session: WorkerSession) -> None:
     start_epoch, history = restore_state(session, net, stateful)
     budget = TimeBudget(job.started_at, settings.budget_seconds) if settings.budget is not None else None
     # A resumed run keeps the number of epochs its budget had planned (a new config's epochs otherwise).
-    epochs = planned_epochs(history, settings.epochs) if budget is not None else settings.epochs
+    epochs = (planned_epochs(history) if budget is not None else None) or settings.epochs
     set_schedule_epochs(scheduler, epochs)
     attempt = next_attempt(history)
     plan = EpochPlan(training, epochs, job.selection, history)

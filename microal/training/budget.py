@@ -101,10 +101,11 @@ def probe_cost(net, loader, optimizer_factory, batch_loss_factory, compute, vali
     return EpochCost(step_s, len(loader), validation_s, checkpoint_s)
 
 
-def planned_epochs(history: list[dict], default: int) -> int:
-    """The number of epochs a budgeted run planned last (kept in its history), for its resume."""
+def planned_epochs(history: list[dict]) -> int | None:
+    """The number of epochs a budgeted run planned last (kept in its history), for its resume;
+    None when it planned none yet."""
     planned = [row["epochs_planned"] for row in history if "epochs_planned" in row]
-    return int(planned[-1]) if planned else default
+    return int(planned[-1]) if planned else None
 
 
 def agree_on(epochs: int, device: torch.device) -> int:

@@ -143,8 +143,8 @@ def budget_epochs(
     if training.budget_seconds is None:
         return training.epochs, None, 0.0
     budget = TimeBudget(job.started_at, training.budget_seconds)
-    if any("epochs_planned" in row for row in history):
-        epochs = planned_epochs(history, training.epochs)
+    epochs = planned_epochs(history)
+    if epochs is not None:
         return epochs, budget, (budget.deadline - time.time()) / max(1, epochs - start_epoch)
     cost = measure()
     epochs = agree_on(
