@@ -483,7 +483,14 @@ def run_search(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=algorithm, scheduler=trial_scheduler, num_samples=trials, max_concurrent_trials=concurrency
+                search_alg=algorithm,
+                scheduler=trial_scheduler,
+                num_samples=trials,
+                max_concurrent_trials=concurrency,
+                # A trial's process is kept for the next trial: a new one costs a process start and
+                # the imports of torch and the loops (about 11 s on 2 cores), often more than a
+                # short trial's epochs.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=name,

@@ -1,18 +1,20 @@
 """`microal tune` on a local Ray: a small real search, and a search stopped with Ctrl-C and resumed."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import ray
 import yaml
 from conftest import checkpoint_dirs, quick_config_dict
 
 from microal.active.ensemble import ensemble_from_search
+from microal.backend import ray as ray_backend
 from microal.config import load_config, parse_config
 from microal.models.model_file import read_metrics
 from microal.training.search import tune
@@ -69,23 +71,35 @@ def test_search_writes_results_best_config_and_curves(ray_local, tiled, synth_di
         assert metrics["val_miou"] == pytest.approx(row.best_val_miou)
 
 
-def _finished_trials(experiment: Path, epochs: int) -> dict[str, list[str]]:
-    """Trial id -> checkpoint folders, for trials whose Train run reported every epoch."""
-    finished = {}
+def _reported_epochs(experiment: Path) -> dict[str, int]:
+    """Trial id -> epochs its run has reported to Tune so far."""
+    reported = {}
     for result in experiment.glob("*/result.json"):
         lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        if len(lines) >= epochs:
-            trial_id = lines[-1]["trial_id"]
-            finished[trial_id] = [p.name for p in checkpoint_dirs(experiment.parent / f"{experiment.name}-{trial_id}")]
-    return finished
+        if lines:
+            reported[lines[-1]["trial_id"]] = len(lines)
+    return reported
 
 
-def test_interrupted_search_resumes_without_rerunning_finished_trials(tiled, synth_dir, tmp_path):
+def _finished_trials(experiment: Path, epochs: int) -> dict[str, list[str]]:
+    """Trial id -> checkpoint folders, for trials whose run reported every epoch."""
+    return {
+        trial_id: [p.name for p in checkpoint_dirs(experiment.parent / f"{experiment.name}-{trial_id}")]
+        for trial_id, count in _reported_epochs(experiment).items()
+        if count >= epochs
+    }
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_local, tiled, synth_dir, tmp_path):
     ws, _, _ = tiled
+    # Both searches attach to the tests' Ray, as to any cluster (--address), rather than each
+    # starting and stopping its own (about 20 s a time here); the CPUs that idle pooled workers
+    # of earlier tests hold go back to the cluster for the trials.
+    ray_backend.release_workers()
     config = tmp_path / "c.yaml"
-    # The second trial is still starting (Ray Train's worker start-up alone takes seconds) or
-    # training when the first has finished and the search is interrupted.
-    epochs = 2
+    # Interrupted once the first trial has finished and the second (in the same trial process,
+    # reused) has reported its first of three epochs.
+    epochs = 3
     config.write_text(yaml.safe_dump(quick_config_dict(synth_dir, epochs=epochs, samples_per_epoch=32)))
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
@@ -107,16 +121,21 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tiled, syn
         "fifo",
         "-w",
         str(work),
+        "--address",
+        ray.get_runtime_context().gcs_address,
     ]
     experiment = work / "ray_results" / "s"
 
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not _finished_trials(experiment, epochs) and time.time() < deadline and first.poll() is None:
-        time.sleep(1)
-    time.sleep(2)  # let Tune save its experiment state after the trial
+    # Tune writes a trial's results to disk in batches, so the progress lines say when: the second
+    # trial's first epoch.
+    lines = []
+    for line in first.stdout:
+        lines.append(line)
+        if sum(f"epoch 1/{epochs} " in seen for seen in lines) == 2:
+            break
     first.send_signal(signal.SIGINT)  # Ctrl-C
-    output, _ = first.communicate(timeout=120)
+    output = "".join(lines) + first.communicate(timeout=120)[0]
     finished_before = _finished_trials(experiment, epochs)
     assert finished_before, output[-3000:]
     assert len(finished_before) < 2, "the search finished before it could be interrupted"
@@ -125,6 +144,8 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tiled, syn
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     results = pd.read_csv(work / "tune" / "s" / "results.csv")
     assert len(results) == 2 and set(results.status) == {"finished"}, results.to_string() + resumed.stdout[-3000:]
+    # The interrupted trial went on from its checkpoint instead of starting over.
+    assert re.search(rf"resumed from the checkpoint after epoch [1-{epochs - 1}]\b", resumed.stdout), resumed.stdout
     finished_after = _finished_trials(experiment, epochs)
     for trial_id, checkpoints in finished_before.items():
         # Not re-run: the same checkpoints, no new ones.
