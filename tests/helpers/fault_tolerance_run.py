@@ -54,12 +54,12 @@ def main() -> None:
     thread.start()
     storage = ws.ray_storage / "ft"
     deadline = time.time() + 300
-    while checkpoints_written(storage) < 2 and time.time() < deadline and thread.is_alive():
+    while checkpoints_written(storage) < 3 and time.time() < deadline and thread.is_alive():
         time.sleep(0.2)
     checkpoints_at_kill = checkpoints_written(storage)
     cluster.remove_node(worker, allow_graceful=False)  # the worker node's processes are killed
     killed_at = time.time()
-    time.sleep(1)
+    time.sleep(3)
     cluster.add_node(num_cpus=2)  # a replacement node joins
     thread.join(timeout=600)
     report = {"checkpoints_at_kill": checkpoints_at_kill, "error": outcome.get("error")}
