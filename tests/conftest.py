@@ -64,6 +64,18 @@ def ray_local():
     ray_backend.shutdown_ray()
 
 
+def attach_to_ray_local() -> list[str]:
+    """CLI arguments that attach a `microal` subprocess to the tests' Ray (as to any cluster),
+    rather than it starting and stopping one of its own (about 20 s a time here). The CPUs idle
+    pooled workers of earlier tests hold go back to the cluster first. Needs ray_local."""
+    import ray
+
+    from microal.backend import ray as ray_backend
+
+    ray_backend.release_workers()
+    return ["--address", ray.get_runtime_context().gcs_address]
+
+
 @pytest.fixture(scope="session")
 def tiled(synth_dir, tmp_path_factory):
     """Catalog and tile set of the synthetic set under the quick config."""

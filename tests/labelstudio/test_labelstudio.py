@@ -18,16 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 import yaml
-from conftest import REPO, free_port, quick_config_dict, rendered_report
+from conftest import REPO, attach_to_ray_local, free_port, quick_config_dict, rendered_report
 
 from microal.active import rounds
 from microal.active.ensemble import Ensemble
 from microal.active.labellers import OracleLabeller
 from microal.active.pool import LABELLED, QUEUED, REJECTED, UNLABELLED
 from microal.active.rounds import init_project, load_project
-from microal.backend import ray as ray_backend
 from microal.config import parse_config
 from microal.data.tiling import IGNORE_INDEX
 from microal.errors import MicroalError
@@ -280,9 +278,7 @@ def test_flagged_and_skipped_tiles_are_rejected(loop):
 
 
 def _al_run(loop, server, tmp_path) -> subprocess.Popen:
-    """`al run` in its own process, attached to the tests' Ray (`--address`, as to any cluster)
-    rather than starting and stopping one of its own each time (about 20 s here)."""
-    ray_backend.release_workers()  # the CPUs idle pooled workers of earlier tests hold
+    """`al run` in its own process, attached to the tests' Ray."""
     config = tmp_path / "al.yaml"
     config.write_text(yaml.safe_dump(loop["project"].config.model_dump(mode="json")))
     tiles_link = server["files_root"] / "tiles"
@@ -304,8 +300,7 @@ def _al_run(loop, server, tmp_path) -> subprocess.Popen:
             "ls",
             "--until-round",
             "1",
-            "--address",
-            ray.get_runtime_context().gcs_address,
+            *attach_to_ray_local(),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

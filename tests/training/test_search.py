@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
 import yaml
-from conftest import checkpoint_dirs, quick_config_dict
+from conftest import attach_to_ray_local, checkpoint_dirs, quick_config_dict
 
 from microal.active.ensemble import ensemble_from_search
-from microal.backend import ray as ray_backend
 from microal.config import load_config, parse_config
 from microal.models.model_file import read_metrics
 from microal.training.search import tune
@@ -92,10 +90,6 @@ def _finished_trials(experiment: Path, epochs: int) -> dict[str, list[str]]:
 
 def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_local, tiled, synth_dir, tmp_path):
     ws, _, _ = tiled
-    # Both searches attach to the tests' Ray, as to any cluster (--address), rather than each
-    # starting and stopping its own (about 20 s a time here); the CPUs that idle pooled workers
-    # of earlier tests hold go back to the cluster for the trials.
-    ray_backend.release_workers()
     config = tmp_path / "c.yaml"
     # Interrupted once the first trial has finished and the second (in the same trial process,
     # reused) has reported its first of three epochs.
@@ -121,8 +115,7 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_local,
         "fifo",
         "-w",
         str(work),
-        "--address",
-        ray.get_runtime_context().gcs_address,
+        *attach_to_ray_local(),
     ]
     experiment = work / "ray_results" / "s"
 
