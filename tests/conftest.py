@@ -47,6 +47,14 @@ def quick_config_dict(synth_dir: Path, **training) -> dict:
     return config
 
 
+def uda_config_dict(synth_dir: Path, training: dict | None = None, **uda) -> dict:
+    """The quick config adapting domain A to domain B (B is the target, not a held-out test set)."""
+    config = quick_config_dict(synth_dir, **{"epochs": 2, **(training or {})})
+    config["split"].pop("test")
+    config["uda"] = {"target_domains": ["B"], "weight_adv": 0.01, "weight_adv_aux": 0.002, **uda}
+    return config
+
+
 @pytest.fixture
 def quick_config(synth_dir):
     from microal.config import parse_config

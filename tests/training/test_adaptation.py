@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 import torch
-from conftest import quick_config_dict
+from conftest import uda_config_dict
 
 from microal.config import ModelConfig, UdaConfig, parse_config
 from microal.errors import ConfigError
@@ -93,10 +93,7 @@ def test_source_only_never_sees_the_target():
 
 
 def _uda_config(synth_dir, **uda):
-    config = quick_config_dict(synth_dir, epochs=2)
-    config["split"].pop("test")  # domain B is the target here, not a held-out test set
-    config["uda"] = {"target_domains": ["B"], "weight_adv": 0.01, "weight_adv_aux": 0.002, **uda}
-    return parse_config(config)
+    return parse_config(uda_config_dict(synth_dir, **uda))
 
 
 def test_adaptsegnet_job_with_a_labelled_target_set(ray_local, tiled, synth_dir):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import ray
 import torch
-from conftest import REPO, checkpoint_dirs, quick_config_dict
+from conftest import REPO, checkpoint_dirs, quick_config_dict, uda_config_dict
 from ray.util.state import list_actors
 
 from microal.config import ProjectConfig, parse_config
@@ -75,10 +75,9 @@ def test_a_ddp_adaptation_run_survives_its_controller_dying(ray_local, tiled, sy
     since each Train start costs 10-20 s here. (A one-worker run's lost worker:
     tests/backend/test_ray.py and test_fault_tolerance.py.)"""
     ws, _, _ = tiled
-    data = quick_config_dict(synth_dir, epochs=4, num_workers=2)
-    data["split"].pop("test")  # domain B is the target here, not a held-out test set
-    data["uda"] = {"method": "advent", "target_domains": ["B"], "weight_entropy": 0.01}
-    config = parse_config(data)
+    config = parse_config(
+        uda_config_dict(synth_dir, {"epochs": 4, "num_workers": 2}, method="advent", weight_entropy=0.01)
+    )
     before = _alive_controllers()
     outcome = {}
     thread = threading.Thread(
