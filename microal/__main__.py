@@ -1,5 +1,3 @@
-import sys
+from microal.cli import run
 
-from microal.cli import main
-
-sys.exit(main())
+run()

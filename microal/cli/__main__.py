@@ -1,5 +1,3 @@
-import sys
+from microal.cli.main import run
 
-from microal.cli.main import main
-
-sys.exit(main())
+run()

@@ -23,6 +23,22 @@ def test_every_command_has_help(command, capsys):
     assert COMMANDS[command][0] in " ".join(capsys.readouterr().out.split())
 
 
+def test_the_program_exits_with_its_code_after_threads_atexit_handlers_and_buffered_output():
+    """The `microal` program skips the interpreter's teardown, but nothing a command relies on."""
+    program = (
+        "import atexit, threading, time\n"
+        "from microal.cli.main import exit_without_teardown\n"
+        "atexit.register(lambda: print('atexit handler ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.5), print('thread finished'))).start()\n"
+        "print('still in the buffer', end=' ')\n"  # a pipe: block-buffered, not yet written
+        "exit_without_teardown(3)\n"
+        "print('never')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.split() == "still in the buffer thread finished atexit handler ran".split()
+
+
 def test_bad_config_is_one_clear_line(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"classes": ["a", "b"], "tiling": {"tile_sise": 3}}))
