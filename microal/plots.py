@@ -95,7 +95,7 @@ def overlay(
         elif name.startswith("errors"):
             wrong = (prediction != truth) & (truth != IGNORE_INDEX)
             ax.imshow(np.dstack([wrong, np.zeros_like(wrong), np.zeros_like(wrong), wrong * 0.7]).astype(float))
-        ax.set_title(name)
+        ax.set_title(name, y=1.0)  # where it would go anyway: no axis to avoid, no search (a third of the time)
         ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in class_colors(classes)]
     fig.legend(handles, [c.name for c in classes], loc="lower center", ncol=len(classes), fontsize=9)
@@ -116,7 +116,7 @@ def side_by_side(
             ax.imshow(image, cmap="gray", vmin=0, vmax=1)
             if mask is not None:
                 ax.imshow(colorize(mask, classes), alpha=0.45)
-            ax.set_title(f"{name}\n{title}" if name == "micrograph" else name, fontsize=9)
+            ax.set_title(f"{name}\n{title}" if name == "micrograph" else name, fontsize=9, y=1.0)
             ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in class_colors(classes)]
     fig.legend(handles, [c.name for c in classes], loc="lower center", ncol=len(classes), fontsize=9)
