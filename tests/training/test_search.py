@@ -5,6 +5,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -88,6 +90,43 @@ def _finished_trials(experiment: Path, epochs: int) -> dict[str, list[str]]:
     }
 
 
+class _OutputReader:
+    """Collects a process's output on a thread, so the test can wait for a line with a deadline."""
+
+    def __init__(self, process: subprocess.Popen):
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._ended = False
+        self._reader = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def text(self) -> str:
+        """The output so far; all of it once the process has exited."""
+        self._reader.join(timeout=10)
+        with self._changed:
+            return "".join(self._lines)
+
+    def wait_for(self, condition, timeout_s: float) -> bool:
+        """True once condition(output so far) holds; False if the output ends or the deadline passes first."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while not condition("".join(self._lines)):
+                left = deadline - time.monotonic()
+                if self._ended or left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
+
 def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_local, tiled, synth_dir, tmp_path):
     ws, _, _ = tiled
     config = tmp_path / "c.yaml"
@@ -122,13 +161,12 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_local,
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Tune writes a trial's results to disk in batches, so the progress lines say when: the second
     # trial's first epoch.
-    lines = []
-    for line in first.stdout:
-        lines.append(line)
-        if sum(f"epoch 1/{epochs} " in seen for seen in lines) == 2:
-            break
+    lines = _OutputReader(first)
+    seen_second_trial = lines.wait_for(lambda text: text.count(f"epoch 1/{epochs} ") == 2, timeout_s=300)
     first.send_signal(signal.SIGINT)  # Ctrl-C
-    output = "".join(lines) + first.communicate(timeout=120)[0]
+    first.wait(timeout=120)
+    output = lines.text()
+    assert seen_second_trial, "the second trial never reported its first epoch:\n" + output[-3000:]
     finished_before = _finished_trials(experiment, epochs)
     assert finished_before, output[-3000:]
     assert len(finished_before) < 2, "the search finished before it could be interrupted"
