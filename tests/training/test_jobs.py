@@ -76,7 +76,7 @@ def test_a_ddp_adaptation_run_survives_its_controller_dying(ray_local, tiled, sy
     tests/backend/test_ray.py and test_fault_tolerance.py.)"""
     ws, _, _ = tiled
     config = parse_config(
-        uda_config_dict(synth_dir, {"epochs": 4, "num_workers": 2}, method="advent", weight_entropy=0.01)
+        uda_config_dict(synth_dir, {"epochs": 3, "num_workers": 2}, method="advent", weight_entropy=0.01)
     )
     before = _alive_controllers()
     outcome = {}
@@ -94,10 +94,10 @@ def test_a_ddp_adaptation_run_survives_its_controller_dying(ray_local, tiled, sy
     thread.join(timeout=300)
 
     history = outcome["summary"].history
-    assert history.epoch.tolist() == [1, 2, 3, 4], "epochs lost or repeated"
+    assert history.epoch.tolist() == [1, 2, 3], "epochs lost or repeated"
     attempts = history.attempt.tolist()
     assert attempts[0] == 0 and attempts[-1] == 1 and attempts == sorted(attempts), attempts
-    assert 1 <= attempts.index(1) < 4  # resumed from a checkpoint, not from scratch
+    assert 1 <= attempts.index(1) < 3  # resumed from a checkpoint, not from scratch
     assert "controller died" in capfd.readouterr().out
     # The entropy term trained on both ranks, and both contributed their shards of the validation
     # set: IoUs are finite.
