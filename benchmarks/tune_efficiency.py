@@ -14,7 +14,10 @@ Measured figures: benchmarks/RESULTS.md.
 
 Last line:
 
-    tune best_tpe_asha=<metric> best_baseline=<metric> epochs_tpe_asha=<n> epochs_baseline=<n> minutes=<m>
+    tune best_tpe_asha=<metric> best_baseline=<metric> epochs_tpe_asha=<n> epochs_baseline=<n> minutes=<m> \
+        minutes_tpe_asha=<m> minutes_baseline=<m>
+
+(one line; minutes_* are each half's wall time: what ASHA saves in time, not only in epochs)
 
 Usage: python benchmarks/tune_efficiency.py [--task synth|uhcs] [--trials N] [--epochs N] [--concurrency 2]
        [--reduction-factor 3]
@@ -84,6 +87,7 @@ def main() -> int:
 
     results = {}
     for name, search, scheduler in (("tpe_asha", "tpe", "asha"), ("baseline", "random", "fifo")):
+        half_started = time.time()
         summary = tune(
             config,
             space,
@@ -100,14 +104,19 @@ def main() -> int:
             reduction_factor=args.reduction_factor,
         )
         table = summary.results
-        results[name] = (float(table.best_val_miou.max()), int(table.epochs.sum()))
-        print(f"{name}: best val mIoU {results[name][0]:.4f} with {results[name][1]} epochs in all", flush=True)
+        results[name] = (float(table.best_val_miou.max()), int(table.epochs.sum()), (time.time() - half_started) / 60)
+        print(
+            f"{name}: best val mIoU {results[name][0]:.4f} with {results[name][1]} epochs in all, "
+            f"{results[name][2]:.1f} min",
+            flush=True,
+        )
 
     minutes = (time.time() - started) / 60
     print(f"task: {task}, validation mIoU; {trials} trials of up to {epochs} epochs each, {args.concurrency} at a time")
     print(
         f"tune best_tpe_asha={results['tpe_asha'][0]:.4f} best_baseline={results['baseline'][0]:.4f} "
-        f"epochs_tpe_asha={results['tpe_asha'][1]} epochs_baseline={results['baseline'][1]} minutes={minutes:.1f}"
+        f"epochs_tpe_asha={results['tpe_asha'][1]} epochs_baseline={results['baseline'][1]} minutes={minutes:.1f} "
+        f"minutes_tpe_asha={results['tpe_asha'][2]:.1f} minutes_baseline={results['baseline'][2]:.1f}"
     )
     return 0
 
