@@ -110,7 +110,7 @@ class _OutputReader:
             self._changed.notify_all()
 
     def text(self) -> str:
-        """The output so far; all of it once the process has exited."""
+        """All the output, once the process has exited (waits up to 10 s for the reader to reach its end)."""
         self._reader.join(timeout=10)
         with self._changed:
             return "".join(self._lines)
