@@ -89,7 +89,7 @@ def test_the_probe_leaves_the_run_untouched(tiled, synth_dir):
 
 def test_a_fit_with_a_time_budget_ends_on_time_with_its_schedule_finished(tiled, synth_dir, tmp_path):
     ws, _, _ = tiled
-    cfg = parse_config(quick_config_dict(synth_dir, epochs=10_000, budget="16s", warmup=0.1, precision="fp32"))
+    cfg = parse_config(quick_config_dict(synth_dir, epochs=10_000, budget="20s", warmup=0.1, precision="fp32"))
     job = build_job("supervised", cfg, ws.tiles).job
     session = LocalSession(cpus=2, checkpoint_root=tmp_path)
     train_worker(job, session)
@@ -97,7 +97,7 @@ def test_a_fit_with_a_time_budget_ends_on_time_with_its_schedule_finished(tiled,
     metrics = [m for m, _ in session.reports]
     epochs = len(metrics)
     assert epochs >= 3
-    assert finished - job.started_at <= 16  # the deadline leaves 10 s for the export
+    assert finished - job.started_at <= 20  # the deadline leaves 10 s for the export
     assert [m["epoch"] for m in metrics] == list(range(1, epochs + 1))
     assert metrics[-1]["epochs_planned"] == epochs  # the last epoch was planned as the last
     assert metrics[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the cosine ended with the run
