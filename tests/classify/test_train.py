@@ -73,7 +73,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_planned(catalog_a
 def test_a_time_budget_ends_the_run_on_time_with_its_schedule_finished(catalog_and_config, tmp_path):
     catalog, config = catalog_and_config
     config = apply_overrides(
-        config, {"classify.epochs": 10_000, "classify.budget": "16s", "classify.crops_per_epoch": 48}
+        config, {"classify.epochs": 10_000, "classify.budget": "20s", "classify.crops_per_epoch": 48}
     )
     data, _ = build_data(config, catalog)
     job = ClassifyJob(config, data)
@@ -82,7 +82,7 @@ def test_a_time_budget_ends_the_run_on_time_with_its_schedule_finished(catalog_a
     finished = time.time()
     metrics = [m for m, _ in session.reports]
     assert len(metrics) >= 2
-    assert finished - job.started_at <= 16  # the deadline leaves 10 s for the open set and export
+    assert finished - job.started_at <= 20  # the deadline leaves 10 s for the open set and export
     assert [int(m["epoch"]) for m in metrics] == list(range(1, len(metrics) + 1))
     assert metrics[-1]["epochs_planned"] == len(metrics)  # the last epoch was planned as the last
     assert metrics[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the cosine ended with the run
