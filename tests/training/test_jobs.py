@@ -5,6 +5,7 @@ import pickle
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -90,7 +91,11 @@ def test_a_ddp_adaptation_run_survives_its_controller_dying(ray_local, tiled, sy
     controller = (_alive_controllers() - before).pop()
     while len(checkpoint_dirs(ws.ray_storage / "ctl")) < 2 and time.time() < deadline:
         time.sleep(0.1)
+    # The controller passes the loop and its job on pickled: it never imports the loop's modules
+    # (smp, timm and torchvision: seconds of CPU a run). torchvision maps its C extension on import.
+    controller_libraries = Path(f"/proc/{controller}/maps").read_text()
     os.kill(controller, signal.SIGKILL)
+    assert "torchvision" not in controller_libraries
     thread.join(timeout=300)
 
     history = outcome["summary"].history
