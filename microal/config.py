@@ -382,6 +382,9 @@ class ActiveLearningConfig(_Strict):
 
     acquisition: str = "bald"  # entropy, bald, variance, margin, random
     reduction: Literal["mean", "max", "topk_mean"] = "mean"  # pixel map -> tile score
+    # Weigh each pixel's uncertainty by the balanced weight (1/sqrt of its share among the labels
+    # so far) of the class the ensemble expects there: doubt about a rare phase counts more.
+    class_balanced: bool = False
     top_fraction: float = Field(0.1, gt=0, le=1)  # for topk_mean
     batch_size: int = Field(8, ge=1)  # tiles per round
     # Instead of batch_size tiles: as many as fit this much expert time, each tile's time

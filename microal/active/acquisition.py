@@ -87,6 +87,20 @@ def score_scale(name: str, num_classes: int) -> float:
     return {"entropy": np.log(num_classes), "bald": np.log(num_classes), "variance": 0.25}.get(name, 1.0)
 
 
+def class_weight_map(probs: Probabilities, class_weights: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """[tiles, H, W]: each pixel's class weight as the ensemble expects it, sum_c mean_p(c) x w_c.
+
+    Multiplying an uncertainty map by it is class-balanced acquisition (after Cai et al., CVPR
+    2021): doubt about a phase that is rare among the labels so far counts more than doubt
+    about the matrix, so rare phases reach the labelled set sooner; mIoU weighs every class the
+    same, a pixel count does not."""
+    mean = _check(probs).mean(dim=0)
+    weights = torch.as_tensor(class_weights, device=mean.device, dtype=mean.dtype)
+    if weights.shape != (mean.shape[1],):
+        raise ValueError(f"class_weights must have one weight per class ({mean.shape[1]}), got {tuple(weights.shape)}")
+    return torch.einsum("nchw,c->nhw", mean, weights)
+
+
 def _flat(uncertainty: Probabilities) -> torch.Tensor:
     uncertainty = torch.as_tensor(uncertainty)
     return uncertainty.reshape(len(uncertainty), -1)
@@ -135,10 +149,15 @@ def tile_scores(
     top_fraction: float = 0.1,
     rng: np.random.Generator | None = None,
     valid: np.ndarray | torch.Tensor | None = None,
+    class_weights: np.ndarray | torch.Tensor | None = None,
 ) -> np.ndarray:
     """One score per tile (computed where `probs` lie, e.g. on the GPU; only the scores come
-    back). `valid` [tiles, H, W] marks pixels inside the image (padding ignored)."""
+    back). `valid` [tiles, H, W] marks pixels inside the image (padding ignored). With
+    `class_weights` [classes], each pixel's uncertainty is weighted by its expected class weight
+    (class_weight_map); the random baseline stays uniform."""
     uncertainty = get_acquisition(acquisition)(probs, rng=rng)
+    if class_weights is not None and acquisition != "random":
+        uncertainty = uncertainty * class_weight_map(probs, class_weights)
     if valid is not None:
         valid = torch.as_tensor(valid, device=uncertainty.device, dtype=torch.bool)
         # Padding pixels take the tile's lowest score, so they never raise a tile's rank.

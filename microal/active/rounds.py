@@ -41,8 +41,10 @@ from microal.config import ProjectConfig
 from microal.data.labels import LabelStore
 from microal.data.splits import EXCLUDED, TEST, held_out_splits
 from microal.data.tiles import TileSet, load_tiles
+from microal.data.tiling import IGNORE_INDEX
 from microal.errors import MicroalError
 from microal.files import atomic_path, write_text_atomic
+from microal.models.metrics import balanced_class_weights
 from microal.models.model_file import read_history
 
 
@@ -199,6 +201,17 @@ def train_round_ensemble(
     return ensemble, report
 
 
+def labelled_class_weights(project: ALProject) -> np.ndarray:
+    """Balanced class weights (models.metrics.balanced_class_weights) from the pixels of the
+    labelled tiles' masks: what class-balanced acquisition weighs uncertainty by."""
+    labels = project.labels
+    counts = np.zeros(project.config.num_classes, dtype=np.int64)
+    for _, tile in project.tiles(project.pool.ids(LABELLED)).iterrows():
+        centre = labels.centre(tile)
+        counts += np.bincount(centre[centre != IGNORE_INDEX].ravel(), minlength=len(counts))[: len(counts)]
+    return balanced_class_weights(counts)
+
+
 def score_round(project: ALProject, ensemble: Ensemble | None = None) -> pd.DataFrame:
     """Score every unlabelled tile with the round's ensemble; write scores.parquet (one row per
     tile and acquisition: tile id, acquisition, reduction, score, model version) and embeddings."""
@@ -212,12 +225,14 @@ def score_round(project: ALProject, ensemble: Ensemble | None = None) -> pd.Data
     if not candidates:
         raise MicroalError("al score: no unlabelled tile left in the pool")
     acquisitions = sorted({al.acquisition, "random"})
+    weights = labelled_class_weights(project) if al.class_balanced else None
     score = partial(
         TileScorer.score,
         acquisitions=acquisitions,
         reduction=al.reduction,
         top_fraction=al.top_fraction,
         seed=project.round_seed(round_),
+        class_weights=None if weights is None else tuple(float(w) for w in weights),
     )
     batches = ensemble.map_tiles(project.tiles_root, candidates, score, project.config)
     table, embeddings = score_table(batches, project.tileset.tiles, ensemble.version)

@@ -131,7 +131,10 @@ class TileScorer:
         reduction: str = "mean",
         top_fraction: float = 0.1,
         seed: int = 0,
+        class_weights: tuple[float, ...] | None = None,
     ) -> ScoreBatch:
+        """Scores of each acquisition for these tiles (with `class_weights`: class-balanced,
+        acquisition.class_weight_map), their embeddings and predicted phase boundary lengths."""
         rng = np.random.default_rng([seed, int(hashlib.sha256("".join(tile_ids).encode()).hexdigest()[:8], 16)])
         scores: dict[str, list[np.ndarray]] = {f"{name}/{reduction}": [] for name in acquisitions}
         embeddings, boundaries = [], []
@@ -139,7 +142,9 @@ class TileScorer:
             probs, features = self.probabilities(windows, with_embeddings=True)
             embeddings.append(features)
             for name in acquisitions:
-                scores[f"{name}/{reduction}"].append(tile_scores(probs, name, reduction, top_fraction, rng, valid))
+                scores[f"{name}/{reduction}"].append(
+                    tile_scores(probs, name, reduction, top_fraction, rng, valid, class_weights)
+                )
             predicted = probs.mean(dim=0).argmax(dim=1).to(torch.uint8).cpu().numpy()
             predicted[~np.asarray(valid, dtype=bool)] = IGNORE_INDEX
             boundaries.append(np.array([boundary_pixels(mask) for mask in predicted], dtype=float))

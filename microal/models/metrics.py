@@ -76,6 +76,20 @@ def phase_fractions(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return counts / max(counts.sum(), 1)
 
 
+def balanced_class_weights(pixel_counts: np.ndarray) -> np.ndarray:
+    """One weight per class, 1/sqrt of its share of the pixels, scaled so that an average pixel
+    weighs 1: a phase of 2 % weighs about 6 times one of 70 %. A class with no pixels gets the
+    largest weight (nothing is known of it). Used by the loss (training.class_weights: balanced)
+    and by class-balanced acquisition (al.class_balanced)."""
+    share = np.asarray(pixel_counts, dtype=np.float64)
+    share = share / max(share.sum(), 1)
+    present = share > 0
+    weights = np.zeros_like(share)
+    weights[present] = share[present] ** -0.5
+    weights[~present] = weights[present].max() if present.any() else 1.0
+    return weights / max(float((weights * share).sum()), 1e-12)
+
+
 def relative_domain_transferability(miou_target: float, miou_source: float) -> float:
     """RDT = (mIoU_target - mIoU_source) / mIoU_source: 0 means no loss on the new domain, -0.4 a 40% drop."""
     if not miou_source > 0:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
@@ -19,6 +18,7 @@ from microal.data.labels import LabelStore
 from microal.data.tiles import load_tiles
 from microal.data.tiling import IGNORE_INDEX, crop_centre
 from microal.models.factory import build_model, load_model_weights, parameter_groups
+from microal.models.metrics import balanced_class_weights
 from microal.training.budget import FIRST_GUESS_SLACK, TimeBudget, agree_on, planned_epochs, probe_cost
 from microal.training.loop import (
     EpochPlan,
@@ -67,13 +67,7 @@ def class_weights(cfg: ProjectConfig, train_set: TileDataset) -> torch.Tensor | 
         return None
     if isinstance(setting, list):
         return torch.tensor(setting, dtype=torch.float32)
-    share = train_set.source.class_pixel_counts(cfg.num_classes).astype(np.float64)
-    share /= max(share.sum(), 1)
-    present = share > 0
-    weights = np.zeros_like(share)
-    weights[present] = share[present] ** -0.5
-    weights[~present] = weights[present].max() if present.any() else 1.0
-    weights /= max(float((weights * share).sum()), 1e-12)  # an average pixel keeps weight 1
+    weights = balanced_class_weights(train_set.source.class_pixel_counts(cfg.num_classes))
     return torch.tensor(weights, dtype=torch.float32)
 
 

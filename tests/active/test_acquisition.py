@@ -103,3 +103,24 @@ def test_maps_are_computed_on_the_device_of_the_probabilities_and_match_numpy():
     assert half.dtype == torch.float32  # reduced-precision probabilities are scored in fp32
     # Variance is the population variance over members, as numpy's default.
     np.testing.assert_allclose(_map("variance", probs), probs.var(axis=0).mean(axis=1), rtol=1e-12)
+
+
+def test_class_balanced_scores_rank_doubt_about_a_rare_class_first():
+    # Two tiles, equally uncertain: one between classes 0 and 1 (common), one between 0 and 2 (rare).
+    probs = np.zeros((1, 2, C, H, W))
+    probs[:, 0, 0], probs[:, 0, 1] = 0.5, 0.5
+    probs[:, 1, 0], probs[:, 1, 2] = 0.5, 0.5
+    plain = tile_scores(probs, "entropy")
+    np.testing.assert_allclose(plain[0], plain[1])
+    weights = np.array([0.5, 1.0, 4.0])
+    balanced = tile_scores(probs, "entropy", class_weights=weights)
+    assert balanced[1] > balanced[0]
+    # Each pixel's weight is the class weight the mean prediction expects there.
+    np.testing.assert_allclose(balanced, plain * np.array([0.75, 2.25]), rtol=1e-6)
+    # The random baseline is not weighted: the same draws with or without weights.
+    np.testing.assert_array_equal(
+        tile_scores(probs, "random", rng=np.random.default_rng(3)),
+        tile_scores(probs, "random", rng=np.random.default_rng(3), class_weights=weights),
+    )
+    with pytest.raises(ValueError, match="one weight per class"):
+        tile_scores(probs, "entropy", class_weights=np.ones(C + 1))

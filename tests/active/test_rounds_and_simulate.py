@@ -1,5 +1,6 @@
 """Active learning end to end on a local Ray: ensembles, a project's round, and the oracle simulation."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -9,6 +10,7 @@ from microal.active.ensemble import Ensemble, member_folds
 from microal.active.pool import LABELLED, UNLABELLED
 from microal.active.rounds import (
     init_project,
+    labelled_class_weights,
     load_project,
     previous_ensemble,
     score_round,
@@ -16,9 +18,11 @@ from microal.active.rounds import (
     train_round_ensemble,
 )
 from microal.active.simulate import Simulation, aulc_gap_interval, simulate, summarise
-from microal.config import parse_config
+from microal.config import apply_overrides, parse_config
 from microal.data.tiles import load_tiles
+from microal.data.tiling import IGNORE_INDEX
 from microal.errors import ConfigError, MicroalError
+from microal.models.metrics import balanced_class_weights
 from microal.training.jobs import split_table
 
 
@@ -89,7 +93,24 @@ def test_a_project_round(ray_local, tiled, synth_dir, tmp_path):
     again, _ = train_round_ensemble(project)  # a restarted round reuses its ensemble
     assert again.version == ensemble.version
 
+    # Class-balanced acquisition weighs by the classes of the labelled tiles' masks (from truth
+    # here); the random baseline is scored as without it.
+    tileset = load_tiles(ws.tiles)
+    truth = np.concatenate(
+        [
+            np.asarray(tileset.mask_array(t.image_id)[tileset.grid(t.image_id).centre_slices(t.y, t.x)]).ravel()
+            for _, t in project.tiles(keep).iterrows()
+        ]
+    )
+    counts = np.bincount(truth[truth != IGNORE_INDEX], minlength=config.num_classes)
+    np.testing.assert_allclose(labelled_class_weights(project), balanced_class_weights(counts))
+    project.config = apply_overrides(config, {"al.class_balanced": True})
+    balanced = score_round(project, ensemble).set_index(["acquisition", "tile_id"]).score
+    project.config = config
     table = score_round(project, ensemble)
+    plain = table.set_index(["acquisition", "tile_id"]).score
+    pd.testing.assert_series_equal(balanced.loc["random"], plain.loc["random"])
+    assert not np.allclose(balanced.loc["bald"], plain.loc["bald"].loc[balanced.loc["bald"].index])
     unlabelled = project.pool.ids(UNLABELLED)
     assert set(table.tile_id) == set(unlabelled) and set(table.acquisition) == {"bald", "random"}
     assert table.model_version.eq(ensemble.version).all()

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from microal.data.tiling import IGNORE_INDEX
-from microal.models.metrics import PixelCounts, phase_fractions, relative_domain_transferability
+from microal.models.metrics import (
+    PixelCounts,
+    balanced_class_weights,
+    phase_fractions,
+    relative_domain_transferability,
+)
 
 
 def test_iou_from_known_masks():
@@ -31,3 +36,11 @@ def test_phase_fractions_and_rdt():
     np.testing.assert_allclose(phase_fractions(mask, 3), [0.5, 1 / 6, 1 / 3])
     assert relative_domain_transferability(0.497, 0.822) == pytest.approx(-0.3954, abs=1e-4)
     assert math.isnan(relative_domain_transferability(0.5, 0.0))
+
+
+def test_balanced_class_weights_follow_one_over_the_root_of_the_share():
+    weights = balanced_class_weights(np.array([64, 16, 4, 0]))
+    assert weights[0] / weights[1] == pytest.approx(0.5) and weights[1] / weights[2] == pytest.approx(0.5)
+    assert weights[3] == pytest.approx(weights[2])  # an unseen class weighs as the rarest seen
+    share = np.array([64, 16, 4, 0]) / 84
+    assert float((weights * share).sum()) == pytest.approx(1.0)  # an average pixel weighs 1
