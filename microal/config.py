@@ -228,6 +228,10 @@ class TrainingConfig(_EpochsOrTime):
     # grid: every tile once per epoch; random: samples_per_epoch windows at random positions.
     sampling: Literal["grid", "random"] = "grid"
     samples_per_epoch: int = Field(256, ge=1)
+    # With random sampling: this fraction of the windows is centred on a pixel of a class other
+    # than the most common one (drawn in turn among them), so rare phases are seen more often
+    # (nnU-Net's foreground oversampling); the rest fall anywhere.
+    class_windows: float = Field(0.0, ge=0, le=1)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     # auto: bf16 where the device computes it natively (a CUDA GPU, a CPU with AMX), else fp32.
@@ -245,6 +249,12 @@ class TrainingConfig(_EpochsOrTime):
     cpus_per_worker: int | None = Field(None, ge=1)  # default: share the machine's CPUs
     seed: int = 0
     max_failures: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _class_windows_need_random_sampling(self):
+        if self.class_windows and self.sampling != "random":
+            raise ValueError("training.class_windows needs training.sampling: random (grid visits every tile once)")
+        return self
 
 
 class PreprocessConfig(_Strict):
@@ -455,6 +465,7 @@ PLANNABLE = (
     "training.augmentation",
     "training.sampling",
     "training.samples_per_epoch",
+    "training.class_windows",
     "training.val_windows",
 )
 

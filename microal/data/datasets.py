@@ -67,6 +67,10 @@ class WindowSource:
     def stats(self, image_id: str) -> tuple[float, float]:
         return self._stats[image_id]
 
+    def mask(self, image_id: str) -> np.ndarray | None:
+        """The image's whole padded mask (None where its labels are not used)."""
+        return self._masks[image_id]
+
     def class_pixel_counts(self, num_classes: int) -> np.ndarray:
         """Labelled pixels of each class over all loaded images (padding excluded)."""
         counts = np.zeros(num_classes, dtype=np.int64)
@@ -74,6 +78,11 @@ class WindowSource:
             if mask is not None:
                 counts += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=num_classes)[:num_classes]
         return counts
+
+
+# Class-centred windows draw from at most this many pixels of each class (a seeded sample), so a
+# large image set costs little memory in the dataset and in each loader process's copy of it.
+CLASS_PIXELS_KEPT = 200_000
 
 
 class TileDataset(Dataset):
@@ -84,7 +93,11 @@ class TileDataset(Dataset):
     anywhere in the listed tiles' images (more variety from a handful of whole-image masks), with
     ``around="tile"`` within half a tile of a listed tile, for labels that exist at those tiles only
     (an active-learning label store: a window anywhere in the image would mostly cover unlabelled,
-    ignored pixels).
+    ignored pixels). With ``class_windows`` > 0, that fraction of the random windows instead has a
+    pixel of a class other than the most common one in its centre (the class drawn uniformly
+    among those labelled, the pixel uniformly among the class's labelled pixels of the listed
+    images, or of the listed tiles' centres with ``around="tile"``; nnU-Net's foreground
+    oversampling): a phase of 2 % of the pixels is then in the loss far more often.
     """
 
     def __init__(
@@ -97,9 +110,12 @@ class TileDataset(Dataset):
         seed: int = 0,
         labels: LabelStore | None = None,
         around: str = "image",
+        class_windows: float = 0.0,
     ):
         if around not in ("image", "tile"):
             raise ValueError(f"around must be 'image' or 'tile', not {around!r}")
+        if not 0 <= class_windows <= 1:
+            raise ValueError(f"class_windows must be a fraction in [0, 1], not {class_windows}")
         self.tiles = tiles.reset_index(drop=True)
         labelled = set(self.tiles.image_id[self.tiles.labelled.astype(bool)])
         self.source = WindowSource(tileset, sorted(self.tiles.image_id.unique()), mask_ids=labelled, labels=labels)
@@ -112,6 +128,60 @@ class TileDataset(Dataset):
         self.epoch = 0
         # Largest window corner per image: random windows stay inside the padded array.
         self._extent = self.tiles.groupby("image_id")[["y", "x"]].max()
+        self.margin = tileset.tiling.margin
+        self.class_windows = class_windows if sampling == "random" else 0.0
+        self._class_pixels = self._pixels_by_class(seed) if self.class_windows else {}
+
+    def _pixels_by_class(self, seed: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per class other than the most common (only those with labelled pixels): the image
+        number (in self._images) and the flat padded-array index of each of its labelled pixels
+        where windows may be centred, at most CLASS_PIXELS_KEPT of them (seeded)."""
+        self._images = sorted(self._extent.index)
+        found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for number, image_id in enumerate(self._images):
+            mask = self.source.mask(image_id)
+            if mask is None:
+                continue
+            mask = np.asarray(mask)
+            if self.around == "tile":  # only the listed tiles' centres carry this dataset's labels
+                allowed = np.zeros(mask.shape, dtype=bool)
+                grid = self.source.tileset.grid(image_id)
+                for y, x in self.tiles.loc[self.tiles.image_id == image_id, ["y", "x"]].itertuples(index=False):
+                    allowed[grid.centre_slices(int(y), int(x))] = True
+                values = np.where(allowed, mask, IGNORE_INDEX).ravel()
+            else:
+                values = mask.ravel()
+            for value in np.unique(values[values != IGNORE_INDEX]):
+                flat = np.flatnonzero(values == value)
+                found.setdefault(int(value), []).append((np.full(len(flat), number, np.int32), flat))
+        counts = {c: sum(len(flat) for _, flat in parts) for c, parts in found.items()}
+        if len(counts) < 2:
+            return {}  # one class only: nothing rarer to centre windows on
+        matrix = max(counts, key=counts.get)
+        rng = np.random.default_rng((seed, 7919))
+        pixels = {}
+        for value, parts in sorted(found.items()):
+            if value == matrix:
+                continue
+            numbers, flat = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            if len(flat) > CLASS_PIXELS_KEPT:
+                keep = np.sort(rng.choice(len(flat), CLASS_PIXELS_KEPT, replace=False))
+                numbers, flat = numbers[keep], flat[keep]
+            pixels[value] = (numbers, flat)
+        return pixels
+
+    def _class_centred(self, rng: np.random.Generator) -> tuple[str, int, int]:
+        classes = sorted(self._class_pixels)
+        numbers, flat = self._class_pixels[classes[int(rng.integers(len(classes)))]]
+        pick = int(rng.integers(len(flat)))
+        image_id = self._images[int(numbers[pick])]
+        width = self.source.mask(image_id).shape[1]
+        py, px = divmod(int(flat[pick]), width)
+        y_max, x_max = (int(v) for v in self._extent.loc[image_id])
+        # The pixel lands anywhere in the window's centre (the part the loss sees), not always mid-window.
+        y = int(np.clip(py - self.margin - rng.integers(self.tile_size), 0, y_max))
+        x = int(np.clip(px - self.margin - rng.integers(self.tile_size), 0, x_max))
+        return image_id, y, x
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -124,6 +194,8 @@ class TileDataset(Dataset):
             tile = self.tiles.iloc[index]
             return tile.image_id, int(tile.y), int(tile.x)
         rng = np.random.default_rng((self.seed, epoch, index))
+        if self._class_pixels and rng.random() < self.class_windows:
+            return self._class_centred(rng)
         tile = self.tiles.iloc[int(rng.integers(len(self.tiles)))]
         y_max, x_max = (int(v) for v in self._extent.loc[tile.image_id])
         if self.around == "image":  # centres fall anywhere in the (padded) image

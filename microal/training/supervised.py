@@ -101,6 +101,7 @@ def training_datasets(
         labels=labels,
         # Named tiles (active learning) carry the only labels of their images.
         around="tile" if named is not None else "image",
+        class_windows=training.class_windows,
     )
     val_tiles = validation_subset(val_tiles, training)
     val_set = TileDataset(tileset, val_tiles, labels=labels) if len(val_tiles) else None

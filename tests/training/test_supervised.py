@@ -10,6 +10,7 @@ from microal.data.datasets import TileDataset
 from microal.data.labels import LabelStore
 from microal.data.tiles import load_tiles
 from microal.data.tiling import IGNORE_INDEX
+from microal.errors import ConfigError
 from microal.training.supervised import SegmentationLoss, class_weights
 
 
@@ -88,3 +89,39 @@ def test_random_windows_are_reproducible_and_unlabelled_tiles_are_ignored(tiled)
     unlabelled = TileDataset(tileset, tileset.tiles.assign(labelled=False).head(2))  # as a UDA target
     _, mask = unlabelled[0]
     assert (mask == IGNORE_INDEX).all()
+
+
+def _centres(dataset, grid, windows=200):
+    """The part of each window the loss sees: its centre's labels."""
+    inner = slice(grid.margin, grid.margin + grid.tile_size)
+    return [dataset[i][1][inner, inner].numpy() for i in range(windows)]
+
+
+def test_class_centred_windows_show_the_rarer_classes_more_often(tiled, synth_dir):
+    ws, _, _ = tiled
+    tileset = load_tiles(ws.tiles)
+    labelled = tileset.tiles[tileset.tiles.labelled]
+    grid = tileset.grid(labelled.image_id.iloc[0])
+
+    def dataset(fraction):
+        return TileDataset(tileset, labelled, sampling="random", samples_per_epoch=200, seed=5, class_windows=fraction)
+
+    counts = dataset(0.0).source.class_pixel_counts(3)
+    matrix, rarest = int(np.argmax(counts)), int(np.argmin(counts))
+    plain, centred = _centres(dataset(0.0), grid), _centres(dataset(1.0), grid)
+    # Every class-centred window has a pixel of a class other than the matrix where the loss sees it.
+    assert all(((c != matrix) & (c != IGNORE_INDEX)).any() for c in centred)
+    assert sum((c == rarest).any() for c in centred) > sum((c == rarest).any() for c in plain)
+
+    def share(centres, value):
+        return np.mean([(c == value).sum() / (c != IGNORE_INDEX).sum() for c in centres])
+
+    assert share(centred, matrix) < share(plain, matrix) - 0.05
+    # Reproducible, and without class windows the draws are exactly those of plain random sampling.
+    assert all(torch.equal(dataset(1.0)[i][1], dataset(1.0)[i][1]) for i in range(5))
+    unchanged = TileDataset(tileset, labelled, sampling="random", samples_per_epoch=200, seed=5)
+    assert all(torch.equal(unchanged[i][0], dataset(0.0)[i][0]) for i in range(5))
+    with pytest.raises(ValueError, match="class_windows"):
+        dataset(1.5)
+    with pytest.raises(ConfigError, match="class_windows needs training.sampling: random"):
+        parse_config(quick_config_dict(synth_dir, sampling="grid", class_windows=0.3))
