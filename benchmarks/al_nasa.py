@@ -34,6 +34,11 @@ def main() -> int:
     args_parser.add_argument("--initial", type=int, default=8)
     args_parser.add_argument("--batch", type=int, default=16)
     args_parser.add_argument("--strategies", nargs="+", default=["entropy"])
+    args_parser.add_argument(
+        "--class-balanced",
+        action="store_true",
+        help="al.class_balanced: uncertainty about a phase rare among the labels so far counts more",
+    )
     args_parser.add_argument("--members", type=int, default=1, help="ensemble members (k-fold)")
     args_parser.add_argument("--epochs", type=int, default=30, help="epochs per round")
     args_parser.add_argument("--resume", action="store_true", help="keep --out and go on with the experiment there")
@@ -81,6 +86,7 @@ def main() -> int:
             "training.augmentation": "basic",
             "training.lr": 0.003,
             "al.members": args.members,
+            "al.class_balanced": args.class_balanced,
             "al.reduction": "mean",
             "al.diversity": "kcenter",
             "al.per_image_cap": 4,

@@ -43,6 +43,11 @@ def main() -> int:
     args_parser.add_argument("--batch", type=int, default=48)
     args_parser.add_argument("--strategies", nargs="+", default=["entropy"])
     args_parser.add_argument("--epochs", type=int, default=40, help="epochs per round")
+    args_parser.add_argument(
+        "--class-balanced",
+        action="store_true",
+        help="al.class_balanced: uncertainty about a phase rare among the labels so far counts more",
+    )
     args_parser.add_argument("--members", type=int, default=1, help="ensemble members (k-fold)")
     args_parser.add_argument("--folds", type=int, help="k of the members' k-fold (default: one per member)")
     args_parser.add_argument(
@@ -82,6 +87,7 @@ def main() -> int:
             "training.augmentation": "basic",
             "training.lr": 0.003,
             "al.members": args.members,
+            "al.class_balanced": args.class_balanced,
             "al.folds": args.folds,
             "al.reduction": "mean",
             "al.diversity": "kcenter",
