@@ -465,7 +465,6 @@ PLANNABLE = (
     "training.augmentation",
     "training.sampling",
     "training.samples_per_epoch",
-    "training.class_windows",
     "training.val_windows",
 )
 
