@@ -1,8 +1,11 @@
 """Active-learning benchmark on NASA Super (Ni-superalloy SEM, three classes; tertiary gamma-prime
 is rare, ~2% of the pixels, and small): the oracle experiment, acquisitions against random.
-Domain A (Super1) only: its 4 test images are the fixed held-out set, the tiles of its 14
-train and val images are the pool with masks hidden. Tiles at half scale (64 px centres), one
-model per round trained from fresh weights, on CPU. Last line:
+By default Super1 (domain A) and Super2 (domain B: other alloys and settings) are pooled, so the
+pool spans more than round 0 has seen: Super1's 4 test images and every other Super2 image by
+name are the fixed held-out set, the tiles of the other images are the pool with masks hidden.
+Acquisition is class-balanced (al.class_balanced): uncertainty about a phase that is rare among
+the labels so far counts more. Tiles at half scale (64 px centres), one model per round trained
+from fresh weights, on CPU. Last line:
 
     al_nasa aulc_best=<strategy>:<x> aulc_random=<y> aulc_gap_ci90=<lo>,<hi>
         frac_tiles_to_95pct=<strategy>:<f> random:<f> minutes=<m>          (all on one line)
@@ -15,11 +18,13 @@ the whole-pool mIoU (nan: not within the rounds). The simulated expert seconds o
 are in curve.csv and curve_seconds.png.
 
 Usage: python benchmarks/al_nasa.py [--seeds 3] [--rounds 3] [--initial 8] [--batch 16]
-       [--strategies entropy] [--members 1] [--epochs 30] [--domains A [B]] [--out bench-out/al_nasa]
+       [--strategies entropy] [--members 1] [--epochs 30] [--domains A B] [--no-class-balanced]
+       [--out bench-out/al_nasa]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -36,7 +41,8 @@ def main() -> int:
     args_parser.add_argument("--strategies", nargs="+", default=["entropy"])
     args_parser.add_argument(
         "--class-balanced",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="al.class_balanced: uncertainty about a phase rare among the labels so far counts more",
     )
     args_parser.add_argument("--members", type=int, default=1, help="ensemble members (k-fold)")
@@ -45,7 +51,7 @@ def main() -> int:
     args_parser.add_argument(
         "--domains",
         nargs="+",
-        default=["A"],
+        default=["A", "B"],
         help="imaging domains to pool (B: Super2, other alloys and settings; a domain without test "
         "images gives every other image, by name, to the held-out set)",
     )
@@ -59,7 +65,6 @@ def main() -> int:
 
     started = time.time()
     out = Path(args.out).resolve() if args.resume else fresh(args.out)
-    # Domain A by default (Super2 is other alloys and settings, kept for adaptation benchmarks).
     manifest = pd.read_csv(data / "manifest.csv")
     manifest = manifest[manifest.domain.isin(args.domains)].copy()
     for domain, images in manifest.groupby("domain"):
