@@ -41,7 +41,7 @@ from microal.config import ProjectConfig
 from microal.data.labels import LabelStore
 from microal.data.splits import EXCLUDED, TEST, held_out_splits
 from microal.data.tiles import TileSet, load_tiles
-from microal.data.tiling import IGNORE_INDEX
+from microal.data.tiling import class_pixel_counts
 from microal.errors import MicroalError
 from microal.files import atomic_path, write_text_atomic
 from microal.models.metrics import balanced_class_weights
@@ -207,8 +207,7 @@ def labelled_class_weights(project: ALProject) -> np.ndarray:
     labels = project.labels
     counts = np.zeros(project.config.num_classes, dtype=np.int64)
     for _, tile in project.tiles(project.pool.ids(LABELLED)).iterrows():
-        centre = labels.centre(tile)
-        counts += np.bincount(centre[centre != IGNORE_INDEX].ravel(), minlength=len(counts))[: len(counts)]
+        counts += class_pixel_counts(labels.centre(tile), len(counts))
     return balanced_class_weights(counts)
 
 

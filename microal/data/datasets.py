@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from microal.data.labels import LabelStore
 from microal.data.tiles import TileSet
-from microal.data.tiling import IGNORE_INDEX
+from microal.data.tiling import IGNORE_INDEX, class_pixel_counts
 
 
 def standardise(window: np.ndarray, mean: float, std: float) -> np.ndarray:
@@ -76,7 +76,7 @@ class WindowSource:
         counts = np.zeros(num_classes, dtype=np.int64)
         for mask in self._masks.values():
             if mask is not None:
-                counts += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=num_classes)[:num_classes]
+                counts += class_pixel_counts(mask, num_classes)
         return counts
 
 

@@ -20,6 +20,13 @@ from microal.config import TilingConfig
 IGNORE_INDEX = 255  # mask value outside the real image: no loss, no metric
 
 
+def class_pixel_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Labelled pixels of each class in a mask (IGNORE_INDEX pixels left out)."""
+    values = np.asarray(mask).ravel()
+    values = values[values != IGNORE_INDEX]
+    return np.bincount(values.astype(np.int64), minlength=num_classes)[:num_classes]
+
+
 def scale_factor(um_per_px: float | None, tiling: TilingConfig) -> float | None:
     """Factor that brings an image to the tiling scale; None when its pixel size is unknown but needed."""
     if tiling.target_um_per_px is None:

@@ -14,7 +14,7 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
-from microal.data.tiling import IGNORE_INDEX
+from microal.data.tiling import IGNORE_INDEX, class_pixel_counts
 
 
 def _flat_labels(labels) -> torch.Tensor:
@@ -70,9 +70,7 @@ class PixelCounts:
 
 def phase_fractions(mask: np.ndarray, num_classes: int) -> np.ndarray:
     """Area fraction of each class among the labelled pixels."""
-    values = np.asarray(mask).ravel()
-    values = values[values != IGNORE_INDEX]
-    counts = np.bincount(values.astype(np.int64), minlength=num_classes)[:num_classes]
+    counts = class_pixel_counts(mask, num_classes)
     return counts / max(counts.sum(), 1)
 
 

@@ -3,7 +3,15 @@ import pytest
 import torch
 
 from microal.config import TilingConfig
-from microal.data.tiling import IGNORE_INDEX, TileGrid, crop_centre, resample_image, resample_mask, scale_factor
+from microal.data.tiling import (
+    IGNORE_INDEX,
+    TileGrid,
+    class_pixel_counts,
+    crop_centre,
+    resample_image,
+    resample_mask,
+    scale_factor,
+)
 
 rng = np.random.default_rng(2)
 
@@ -78,3 +86,9 @@ def test_crop_centre_works_on_arrays_and_tensors():
     np.testing.assert_array_equal(crop_centre(array, 2), array[:, 2:6, 2:6])
     np.testing.assert_array_equal(crop_centre(torch.from_numpy(array), 2).numpy(), array[:, 2:6, 2:6])
     assert crop_centre(array, 0) is array
+
+
+def test_class_pixel_counts_leave_out_ignored_pixels_and_keep_absent_classes():
+    mask = np.array([[0, 0, 2], [IGNORE_INDEX, 2, 2]], dtype=np.uint8)
+    np.testing.assert_array_equal(class_pixel_counts(mask, 4), [2, 0, 3, 0])
+    assert class_pixel_counts(np.full((3, 3), IGNORE_INDEX, np.uint8), 2).tolist() == [0, 0]
