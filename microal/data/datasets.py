@@ -129,6 +129,7 @@ class TileDataset(Dataset):
         # Largest window corner per image: random windows stay inside the padded array.
         self._extent = self.tiles.groupby("image_id")[["y", "x"]].max()
         self.margin = tileset.tiling.margin
+        self._images = sorted(self._extent.index)  # class-centred windows name images by number
         self.class_windows = class_windows if sampling == "random" else 0.0
         self._class_pixels = self._pixels_by_class(seed) if self.class_windows else {}
 
@@ -136,7 +137,6 @@ class TileDataset(Dataset):
         """Per class other than the most common (only those with labelled pixels): the image
         number (in self._images) and the flat padded-array index of each of its labelled pixels
         where windows may be centred, at most CLASS_PIXELS_KEPT of them (seeded)."""
-        self._images = sorted(self._extent.index)
         found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         for number, image_id in enumerate(self._images):
             mask = self.source.mask(image_id)
