@@ -234,7 +234,7 @@ class TrainingConfig(_EpochsOrTime):
     class_windows: float = Field(0.0, ge=0, le=1)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
-    # auto: bf16 where the device computes it natively (a CUDA GPU, a CPU with AMX), else fp32.
+    # auto: bf16 where the device computes it natively (a CUDA GPU, a CPU with AMX or AVX512-BF16), else fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # DataLoader processes per training worker; default: a quarter of the worker's CPUs, at most 8
     # (none on a 2-CPU worker, where cutting and augmenting windows costs little beside the network).

@@ -2,8 +2,9 @@
 prediction and scoring alike.
 
 ``training.precision`` is ``auto``, ``fp32``, ``bf16`` or ``fp16``. ``auto`` takes bf16 where the
-device computes it natively: a CUDA GPU with bf16 support, or a CPU with bf16 matrix units (Intel
-AMX), where oneDNN runs a U-Net's convolutions 2-3x faster than in fp32. Elsewhere (most CPUs)
+device computes it natively: a CUDA GPU with bf16 support, or a CPU with bf16 instructions, Intel
+AMX or AVX512-BF16 (Intel Cooper Lake and later, AMD Zen 4 and later), where oneDNN runs a U-Net's
+convolutions about 2x (AVX512-BF16) to 3x (AMX) faster than in fp32. Elsewhere (AVX2-only CPUs)
 ``auto`` is fp32: emulated bf16 is slower than fp32. fp16 needs a CUDA device and scales the loss
 (a GradScaler) so small gradients do not underflow; bf16 has fp32's range and needs no scaling.
 Losses are always taken in fp32.
@@ -25,9 +26,13 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_has_native_bf16() -> bool:
-    """True where the CPU has bf16 matrix units (AMX) that oneDNN uses."""
-    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(is_amx and is_amx() and torch.backends.mkldnn.is_available())
+    """True where the CPU has bf16 instructions that oneDNN uses: AMX tiles or AVX512-BF16 dot
+    products (measured on a 2-core AMD Zen 4: a U-Net training step 1.8x, prediction 2.1x faster
+    in bf16 than in fp32)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(check is not None and check() for check in checks)
 
 
 def resolve_precision(setting: str, device: torch.device | str, cpu_bf16: bool | None = None) -> str:

@@ -1,10 +1,12 @@
 """Precision and memory layout: which precision a device gets, and what a device refuses."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from microal.errors import ConfigError
-from microal.models.compute import autocast, channels_last, grad_scaler, resolve_precision
+from microal.models.compute import autocast, channels_last, cpu_has_native_bf16, grad_scaler, resolve_precision
 
 
 def test_auto_takes_bf16_only_where_the_cpu_computes_it_natively():
@@ -13,6 +15,16 @@ def test_auto_takes_bf16_only_where_the_cpu_computes_it_natively():
     # An explicit choice is kept: bf16 runs (emulated) on any CPU, fp32 anywhere.
     assert resolve_precision("bf16", "cpu", cpu_bf16=False) == "bf16"
     assert resolve_precision("fp32", "cpu", cpu_bf16=True) == "fp32"
+
+
+def test_native_bf16_agrees_with_the_cpu_flags_the_kernel_reports():
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    flags_lines = [line for line in lines if line.startswith("flags")]
+    if not flags_lines:
+        pytest.skip("no /proc/cpuinfo flags on this system")
+    flags = set(flags_lines[0].split(":", 1)[1].split())
+    assert cpu_has_native_bf16() == bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 def test_fp16_on_a_cpu_and_unknown_names_are_refused_clearly():
