@@ -24,6 +24,7 @@ from tqdm import tqdm
 from microal.config import ProjectConfig
 from microal.data.imageio import read_catalog_image, read_catalog_mask
 from microal.data.splits import NO_MASK, TRAIN, VAL, assign_splits
+from microal.data.tiling import class_pixel_counts
 
 # A class whose largest connected region covers this share of an image is a matrix (it surrounds
 # the others): it has no object size of its own.
@@ -120,8 +121,7 @@ def fingerprint(
         if row.image_id not in train_ids:
             continue
         mask = read_catalog_mask(row, config.classes, config.ingest)
-        labelled = mask[mask < n_classes]
-        counts += np.bincount(labelled, minlength=n_classes)[:n_classes]
+        counts += class_pixel_counts(mask, n_classes)
         for label in range(n_classes):
             d, a, share = structure_widths(mask, label)
             if len(d):
