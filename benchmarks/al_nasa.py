@@ -18,7 +18,7 @@ the whole-pool mIoU (nan: not within the rounds). The simulated expert seconds o
 are in curve.csv and curve_seconds.png.
 
 Usage: python benchmarks/al_nasa.py [--seeds 3] [--rounds 3] [--initial 8] [--batch 16]
-       [--strategies entropy] [--members 1] [--epochs 30] [--domains A B] [--no-class-balanced]
+       [--strategies entropy] [--members 1] [--folds K] [--epochs 30] [--domains A B] [--no-class-balanced]
        [--out bench-out/al_nasa]
 """
 
@@ -46,6 +46,9 @@ def main() -> int:
         help="al.class_balanced: uncertainty about a phase rare among the labels so far counts more",
     )
     args_parser.add_argument("--members", type=int, default=1, help="ensemble members (k-fold)")
+    args_parser.add_argument(
+        "--folds", type=int, help="k of the members' k-fold (default: one per member; 1: every member sees all labels)"
+    )
     args_parser.add_argument("--epochs", type=int, default=30, help="epochs per round")
     args_parser.add_argument("--resume", action="store_true", help="keep --out and go on with the experiment there")
     args_parser.add_argument(
@@ -91,6 +94,7 @@ def main() -> int:
             "training.augmentation": "basic",
             "training.lr": 0.003,
             "al.members": args.members,
+            "al.folds": args.folds,
             "al.class_balanced": args.class_balanced,
             "al.reduction": "mean",
             "al.diversity": "kcenter",

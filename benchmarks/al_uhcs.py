@@ -49,7 +49,9 @@ def main() -> int:
         help="al.class_balanced: uncertainty about a phase rare among the labels so far counts more",
     )
     args_parser.add_argument("--members", type=int, default=1, help="ensemble members (k-fold)")
-    args_parser.add_argument("--folds", type=int, help="k of the members' k-fold (default: one per member)")
+    args_parser.add_argument(
+        "--folds", type=int, help="k of the members' k-fold (default: one per member; 1: every member sees all labels)"
+    )
     args_parser.add_argument(
         "--warm-start",
         action="store_true",

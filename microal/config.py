@@ -404,7 +404,9 @@ class ActiveLearningConfig(_Strict):
     # k of the k-fold split (default: members). More folds than members: each member leaves out a
     # smaller fold and so trains on more of the labelled tiles ((k-1)/k of them); the first
     # `members` folds are trained. Two members of two folds see half the labels each.
-    folds: int | None = Field(None, ge=2)
+    # 1: no folds, a deep ensemble (Lakshminarayanan et al. 2017): every member trains on all the
+    # labelled tiles and members differ by seed only, so none loses labels when they are few.
+    folds: int | None = Field(None, ge=1)
     # Each round's members start from the previous round's (fine-tuning on the grown labelled
     # set) instead of from scratch: training accumulates over rounds, so a round can stay short.
     warm_start: bool = False
@@ -426,7 +428,7 @@ class ActiveLearningConfig(_Strict):
 
     @model_validator(mode="after")
     def _enough_folds(self):
-        if self.folds is not None and self.folds < self.members:
+        if self.folds is not None and 1 < self.folds < self.members:
             raise ValueError(
                 f"al.folds ({self.folds}) must be at least al.members ({self.members}): one fold left out per member"
             )

@@ -90,14 +90,14 @@ def member_folds(
 ) -> list[tuple[list[str], list[str]]]:
     """(train tile ids, validation tile ids) per member: k-fold grouped by image, k = `folds`
     (default: one fold per member), member i leaving fold i out (as the 5 fold models bagged by Goetz et al. 2022);
-    plain k-fold over tiles when there are fewer labelled images than folds; one member (of one
-    fold) trains on everything."""
+    plain k-fold over tiles when there are fewer labelled images than folds. One fold: every
+    member trains on everything, without validation tiles (a deep ensemble; members differ by seed)."""
     folds = folds or members
-    if folds < members:
+    if 1 < folds < members:
         raise MicroalError(f"{members} ensemble members need at least as many folds, got {folds}")
     ids = tiles.tile_id.to_numpy()
-    if folds == 1:  # one member (folds >= members)
-        return [(ids.tolist(), [])]
+    if folds == 1:
+        return [(ids.tolist(), []) for _ in range(members)]
     if len(ids) < folds:
         raise MicroalError(
             f"{members} ensemble members of {folds} folds need at least {folds} labelled tiles, have {len(ids)}"

@@ -60,6 +60,14 @@ def test_more_folds_than_members_give_each_member_more_of_the_labels(synth_dir):
         _config(synth_dir, members=3, folds=2)
 
 
+def test_one_fold_is_a_deep_ensemble_of_members_that_see_every_label(synth_dir):
+    tiles = pd.DataFrame({"tile_id": [f"t{i}" for i in range(6)], "image_id": [f"i{i // 2}" for i in range(6)]})
+    deep = member_folds(tiles, 3, seed=0, folds=1)
+    assert [sorted(train) for train, _ in deep] == [sorted(tiles.tile_id)] * 3
+    assert all(val == [] for _, val in deep)
+    assert _config(synth_dir, members=3, folds=1).al.folds == 1
+
+
 def test_a_project_starts_without_enough_groups_for_folds(tiled, synth_dir, tmp_path):
     """Masks on one or two samples are a normal start: init needs the hold-out, not folds."""
     ws, catalog, _ = tiled
