@@ -8,8 +8,9 @@ and NASA Super domain A (../shared/datasets/nasa-super; Super1 test held out), t
 - hand: the example config as written (examples/uhcs.yaml, examples/nasa-super.yaml) with the
   same `training.budget` deciding its epochs.
 
-Each fit is trained (Ray Train, CPU), its best model predicts the held-out images at full size,
-and they are scored. Last line:
+Each fit is trained (Ray Train, CPU), its best model predicts the held-out images at full size
+(with its own model.tta, and once more the other way: without test-time augmentation where it
+has some, with the 8 dihedral views where it has none), and they are scored. Last line:
 
     plan uhcs_miou=<x> uhcs_hand=<y> nasa_miou=<x> nasa_hand=<y> minutes=<m> budget=<b>
 
@@ -73,15 +74,25 @@ def fit_and_score(name: str, label: str, config, manifest, out) -> float:
     assert len(test), f"{name}: no held-out image"
     roles = pd.read_csv(summary.run_dir / "splits.csv").set_index("image_id")["split"]
     assert not roles.loc[test.image_id].isin(["train", "val"]).any(), f"{name}: a test image was trained on"
-    predict_catalog(summary.best_model, test, ws.predictions(label), progress=False)
-    result = evaluate_predictions(ws.predictions(label), catalog, config, ws.evaluation(label), progress=False)
-    per = result.per_image
-    scored = result.per_domain.iloc[0]  # the held-out images are of one domain
+
+    def score(tta: str | None, suffix: str):
+        predict_catalog(summary.best_model, test, ws.predictions(label + suffix), progress=False, tta=tta)
+        result = evaluate_predictions(
+            ws.predictions(label + suffix), catalog, config, ws.evaluation(label + suffix), progress=False
+        )
+        return result.per_domain.iloc[0], len(result.per_image)  # the held-out images are of one domain
+
+    scored, images = score(None, "")  # with the fit's own model.tta
+    # The other way round too, so the note can tell what test-time augmentation alone is worth.
+    own = tiled.model.tta
+    other = "dihedral" if own == "none" else "none"
+    other_scored, _ = score(other, f"-tta-{other}")
     miou = float(scored.miou)
     ious = {c: float(scored[f"iou_{c}"]) for c in config.class_names}
     epochs = int(summary.history.epoch.max())
     print(
-        f"{name} {label}: test mIoU {miou:.3f} over {len(per)} images; per class "
+        f"{name} {label}: test mIoU {miou:.3f} over {images} images (tta {own}; with tta {other}: "
+        f"{float(other_scored.miou):.3f}); per class "
         + ", ".join(f"{c} {v:.3f}" for c, v in ious.items())
         + f"; {epochs} epochs in {fit_minutes:.1f} min",
         flush=True,

@@ -168,6 +168,11 @@ class ModelConfig(_Strict):
     # microal.models.weights), or a path to a local encoder checkpoint.
     encoder_weights: str = "none"
     options: dict[str, Any] = Field(default_factory=dict)  # passed to smp.create_model
+    # Test-time augmentation of full-size predictions: the mean probabilities of the window's
+    # flips ("flips", 4 views) or of its flips and 90° rotations ("dihedral", 8 views), each mapped
+    # back. Worth it where training augmented with the same symmetries; costs that many times the
+    # prediction time. Not used for active-learning scores, which rank tiles, not finished masks.
+    tta: Literal["none", "flips", "dihedral"] = "none"
 
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h)\s*$")
@@ -458,6 +463,7 @@ PLANNABLE = (
     "tiling.margin",
     "model.encoder_weights",
     "model.options",
+    "model.tta",
     "training.epochs",
     "training.batch_size",
     "training.lr",

@@ -24,7 +24,7 @@ def cmd_predict(args) -> None:
     if catalog.empty:
         raise MicroalError("no catalog image matches the selection")
     out = Path(args.out) if args.out else ws.predictions(args.name)
-    table = predict_catalog(models, catalog, out)
+    table = predict_catalog(models, catalog, out, tta=args.tta)
     members = f" with an ensemble of {len(models)}" if len(models) > 1 else ""
     print(
         f"wrote {len(table)} masks{members} to {out / 'masks'}, uncertainty maps to {out / 'uncertainty'}; "
@@ -128,6 +128,12 @@ def add_predict(p) -> None:
     p.add_argument("--images", nargs="+", metavar="NAME", help="only these images (file names or stems)")
     p.add_argument("--domain", nargs="*", help="only images of these domains")
     p.add_argument("--out", help="output folder (default <workdir>/predictions/NAME)")
+    p.add_argument(
+        "--tta",
+        choices=["none", "flips", "dihedral"],
+        help="test-time augmentation instead of the model's own (model.tta): the mean of 4 flipped or "
+        "8 flipped and rotated views of each window",
+    )
 
 
 def add_evaluate(p) -> None:

@@ -98,3 +98,22 @@ def load_pipeline(name: str, seed: int | None = None, key: str = "training.augme
         pipeline = A.Compose([pipeline])
     pipeline.set_random_seed(seed)
     return pipeline
+
+
+def _transform_names(transform) -> set[str]:
+    names = {type(transform).__name__} if getattr(transform, "p", 1.0) > 0 else set()
+    for child in getattr(transform, "transforms", []) or []:
+        names |= _transform_names(child)
+    return names
+
+
+def trained_symmetries(name: str, key: str = "training.augmentation") -> str:
+    """The test-time views a model trained with this pipeline was taught to treat alike:
+    "dihedral" (all flips and 90° rotations), "flips" (both mirrors) or "none"."""
+    pipeline = load_pipeline(name, seed=0, key=key)
+    names = _transform_names(pipeline) if pipeline is not None else set()
+    if names & {"SquareSymmetry", "D4"} or ("RandomRotate90" in names and names & {"HorizontalFlip", "VerticalFlip"}):
+        return "dihedral"
+    if {"HorizontalFlip", "VerticalFlip"} <= names:
+        return "flips"
+    return "none"

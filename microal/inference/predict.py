@@ -30,6 +30,38 @@ PREDICTION_INFO = "prediction_info.json"  # which model made the predictions
 MEMBERS_FILE = "members.json"  # an ensemble's member files (written by microal.active.ensemble)
 
 
+# (quarter turns, flipped left-right) of each view; "flips" holds the identity, both mirror
+# images and the half turn (the two mirrors together), "dihedral" all eight symmetries of a square.
+TTA_VIEWS = {
+    "none": [(0, False)],
+    "flips": [(0, False), (0, True), (2, False), (2, True)],
+    "dihedral": [(turns, flip) for turns in range(4) for flip in (False, True)],
+}
+
+
+def _view(batch: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    if flip:
+        batch = batch.flip(-1)
+    return torch.rot90(batch, turns, dims=(-2, -1))
+
+
+def _unview(batch: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    batch = torch.rot90(batch, -turns, dims=(-2, -1))
+    return batch.flip(-1) if flip else batch
+
+
+@torch.no_grad()
+def window_probabilities(model: LoadedModel, batch: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Softmax of a batch of square windows [B, 1, H, W], averaged over the test-time views
+    (model.tta), each view's output mapped back onto the window."""
+    views = TTA_VIEWS[tta]
+    total = None
+    for turns, flip in views:
+        probs = _unview(torch.softmax(model.forward(_view(batch, turns, flip)), dim=1), turns, flip)
+        total = probs if total is None else total + probs
+    return total / len(views)
+
+
 @torch.no_grad()
 def predict_probabilities(
     model: LoadedModel,
@@ -38,9 +70,12 @@ def predict_probabilities(
     batch_size: int = 8,
     source: str = "image",
     domain: str = "default",
+    tta: str | None = None,
 ) -> np.ndarray:
-    """Class probabilities [C, H, W] at the image's own size, prepared exactly as in training."""
+    """Class probabilities [C, H, W] at the image's own size, prepared exactly as in training,
+    with the model's test-time augmentation (model.tta) unless `tta` names another."""
     config = model.config
+    tta = tta or config.model.tta
     tiling = config.tiling
     factor = scale_factor(um_per_px, tiling)
     if factor is None:
@@ -59,7 +94,7 @@ def predict_probabilities(
         for start in range(0, len(positions), batch_size):
             chunk = positions[start : start + batch_size]
             batch = np.stack([padded[grid.window_slice(y, x)] for _, _, y, x in chunk])[:, None]
-            probs = torch.softmax(model.forward(torch.from_numpy(batch).to(device)), dim=1).cpu().numpy()
+            probs = window_probabilities(model, torch.from_numpy(batch).to(device), tta).cpu().numpy()
             for (row, col, _, _), p in zip(chunk, probs):
                 centres[(row, col)] = grid.centre(p)
     return resample_probabilities(grid.stitch(centres), image.shape)
@@ -135,10 +170,14 @@ def predict_catalog(
     batch_size: int = 8,
     interval_draws: int = 1000,
     seed: int = 0,
+    tta: str | None = None,
 ) -> pd.DataFrame:
     """Write <out>/masks/<name>.png (class indices), <out>/uncertainty/<name>.png (entropy of the
     mean prediction, 0-255 for 0-1 of log C) and the per-image table: phase fractions with 95%
-    intervals and the mean uncertainty. Several model files are an ensemble (mean probabilities)."""
+    intervals and the mean uncertainty. Several model files are an ensemble (mean probabilities).
+    `tta` replaces each model's own test-time augmentation (model.tta)."""
+    if tta is not None and tta not in TTA_VIEWS:
+        raise MicroalError(f"unknown test-time augmentation {tta!r}; valid: {list(TTA_VIEWS)}")
     paths = model_path if isinstance(model_path, list) else [model_path]
     models = [load_model(p) for p in paths]
     _check_compatible(models)
@@ -151,7 +190,9 @@ def predict_catalog(
         image = read_catalog_image(row, config.ingest)
         um_per_px = None if pd.isna(row.um_per_px) else float(row.um_per_px)
         member_probs = [
-            predict_probabilities(model, image, um_per_px, batch_size, source=row.image_path, domain=str(row.domain))
+            predict_probabilities(
+                model, image, um_per_px, batch_size, source=row.image_path, domain=str(row.domain), tta=tta
+            )
             for model in models
         ]
         probs = np.mean(member_probs, axis=0)
@@ -191,6 +232,7 @@ def predict_catalog(
         "members": [str(m.path.resolve()) for m in models],
         "epoch": models[0].epoch,
         "metrics": models[0].metrics,
+        "tta": [tta or m.config.model.tta for m in models],
     }
     write_text_atomic(out_dir / PREDICTION_INFO, json.dumps(info, indent=2, default=float))
     return table

@@ -24,6 +24,9 @@ The rules, in the order they depend on each other:
   training pixels; the loss is always cross-entropy + Dice, which keeps rare phases in the loss.
 - **augmentation**: the extended pipeline (warping, blur, contrast, noise) below 200 training
   images, the basic symmetries above.
+- **test-time augmentation**: full-size predictions average the views the augmentation taught
+  the model to treat alike (the 8 flips and rotations of the built-in pipelines), as nnU-Net
+  mirrors at inference; a prediction costs that many network passes, a small share next to training.
 - **encoder weights**: the best pretrained weights already in the cache (MicroNet, then
   ImageNet then MicroNet, then ImageNet), else none; a pretrained encoder learns at a tenth of
   the decoder's rate.
@@ -41,6 +44,7 @@ import numpy as np
 import yaml
 
 from microal.config import ENCODER_STRIDE, ProjectConfig, apply_overrides, config_to_dict
+from microal.data.augment import trained_symmetries
 from microal.errors import ConfigError
 from microal.files import write_text_atomic
 from microal.planning.fingerprint import Fingerprint
@@ -195,7 +199,15 @@ def make_plan(config: ProjectConfig, print_: Fingerprint) -> Plan:
         aug, why = "extended", f"{print_.train_images} training images: warping, blur, contrast, noise"
     else:
         aug, why = "basic", f"{print_.train_images} training images: the symmetries suffice"
-    decide("training.augmentation", aug, why)
+    aug = decide("training.augmentation", aug, why)
+
+    views = trained_symmetries(aug)
+    why = {
+        "dihedral": "training sees every flip and 90° rotation: full-size predictions average those 8 views",
+        "flips": "training sees both mirror images: full-size predictions average the 4 flipped views",
+        "none": "training augments with no flips: one view",
+    }[views]
+    decide("model.tta", views, why + " (not for active-learning scores)")
 
     if config.model.arch.lower() == "unet" and not config.training.use_gpu:
         options, why = {"decoder_channels": list(SLIM_DECODER)}, "on a CPU the full-resolution decoder stages cost most"

@@ -1,7 +1,8 @@
+import albumentations as A
 import numpy as np
 import pytest
 
-from microal.data.augment import builtin_pipelines, load_pipeline
+from microal.data.augment import builtin_pipelines, load_pipeline, trained_symmetries
 from microal.errors import ConfigError
 
 rng = np.random.default_rng(3)
@@ -69,3 +70,14 @@ def test_an_error_names_the_setting_that_gave_the_pipeline():
         load_pipeline("fancy", key="pretrain.augmentation")
     with pytest.raises(ConfigError, match=r"^classify\.augmentation: .*missing\.yaml does not exist"):
         load_pipeline("missing.yaml", key="classify.augmentation")
+
+
+def test_the_symmetries_a_pipeline_trains_decide_the_test_time_views(tmp_path):
+    assert trained_symmetries("basic") == trained_symmetries("extended") == "dihedral"
+    assert trained_symmetries("none") == "none"
+    mirrors = tmp_path / "mirrors.yaml"
+    A.save(A.Compose([A.HorizontalFlip(), A.VerticalFlip(), A.GaussNoise()]), str(mirrors), data_format="yaml")
+    assert trained_symmetries(str(mirrors)) == "flips"
+    one = tmp_path / "one.yaml"
+    A.save(A.Compose([A.HorizontalFlip(), A.RandomBrightnessContrast()]), str(one), data_format="yaml")
+    assert trained_symmetries(str(one)) == "none"  # one mirror alone: not the four views of "flips"

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from microal.errors import InputError
+from microal.errors import InputError, MicroalError
 from microal.inference.evaluate import evaluate_predictions
-from microal.inference.predict import predict_catalog, predict_probabilities
+from microal.inference.predict import predict_catalog, predict_probabilities, window_probabilities
 from microal.models.factory import build_model
 from microal.models.model_file import load_model, save_model_file
 
@@ -44,6 +44,41 @@ def test_probabilities_are_distributions_at_image_size(tiled, model_file):
     probs = predict_probabilities(model, np.random.default_rng(0).random((70, 90)).astype(np.float32), 0.1)
     assert probs.shape == (3, 70, 90)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+
+
+def test_test_time_views_are_mapped_back_so_predictions_turn_with_the_image(model_file):
+    """An untrained network does not commute with turns and mirrors; averaged over a group of
+    views it does, exactly, but only if each view's output is mapped back the right way."""
+    model = load_model(model_file)
+    batch = torch.from_numpy(np.random.default_rng(1).random((2, 1, 64, 64)).astype(np.float32))
+
+    def turned(x):
+        return torch.rot90(x, 1, dims=(-2, -1))
+
+    def mirrored(x):
+        return x.flip(-2)
+
+    for tta, transforms, broken in [
+        ("none", [], [turned, mirrored]),
+        ("flips", [mirrored], [turned]),
+        ("dihedral", [turned, mirrored], []),
+    ]:
+        probs = window_probabilities(model, batch, tta)
+        np.testing.assert_allclose(probs.sum(1).numpy(), 1.0, atol=1e-4)
+        for transform in transforms:
+            np.testing.assert_allclose(
+                window_probabilities(model, transform(batch), tta).numpy(), transform(probs).numpy(), atol=1e-4
+            )
+        for transform in broken:
+            assert (window_probabilities(model, transform(batch), tta) - transform(probs)).abs().max() > 1e-3
+
+
+def test_a_prediction_records_its_test_time_augmentation(tiled, model_file, tmp_path):
+    _, catalog, _ = tiled
+    predict_catalog(model_file, catalog.head(1), tmp_path / "pred", progress=False, tta="flips")
+    assert json.loads((tmp_path / "pred" / "prediction_info.json").read_text())["tta"] == ["flips"]
+    with pytest.raises(MicroalError, match="unknown test-time augmentation 'spin'"):
+        predict_catalog(model_file, catalog.head(1), tmp_path / "other", progress=False, tta="spin")
 
 
 def test_model_file_errors(tmp_path):

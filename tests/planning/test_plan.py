@@ -76,6 +76,11 @@ def test_rare_classes_get_balanced_weights_and_few_images_strong_augmentation():
     assert common.value("training.class_weights") == "none" and common.value("training.augmentation") == "basic"
 
 
+def test_predictions_average_the_views_training_augmented_with():
+    assert make_plan(_config(), _print()).value("model.tta") == "dihedral"  # extended: flips and rotations
+    assert make_plan(_config(training__augmentation="none"), _print()).value("model.tta") == "none"
+
+
 def test_a_setting_the_config_gives_is_kept_and_later_choices_build_on_it():
     plan = make_plan(_config(tiling__tile_size=96, tiling__margin=16), _print())
     kept = next(c for c in plan.choices if c.key == "tiling.tile_size")
