@@ -1,5 +1,6 @@
 """The `microal` command line: help, clear errors, each step, and the README's demo."""
 
+import json
 import re
 import subprocess
 import sys
@@ -67,8 +68,10 @@ def test_steps_one_by_one(ray_local, synth_dir, tmp_path, capsys):
     run = tmp_path / "w" / "runs" / "cli"
     held_out = pd.read_csv(run / "splits.csv").query("split == 'test'").image_id
     out = ["--out", str(tmp_path / "ens")]
-    assert main(["predict", "--ensemble", str(run), str(run / "best_model.pt"), "--split", "test", *out, *work]) == 0
+    ensemble = ["--ensemble", str(run), str(run / "best_model.pt"), "--split", "test", "--tta", "flips"]
+    assert main(["predict", *ensemble, *out, *work]) == 0
     assert "ensemble of 2" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ens" / "prediction_info.json").read_text())["tta"] == ["flips", "flips"]
     predictions = pd.read_csv(tmp_path / "ens" / "predictions.csv")
     assert set(predictions.image_id) == set(held_out) and (tmp_path / "ens" / predictions.uncertainty_file[0]).exists()
     assert main(["predict", "--name", "cli", "--images", "nope.tif", *work]) == 2
