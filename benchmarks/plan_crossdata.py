@@ -12,9 +12,9 @@ Each fit is trained (Ray Train, CPU), its best model predicts the held-out image
 (with its own model.tta, and once more the other way: without test-time augmentation where it
 has some, with the 8 dihedral views where it has none), and they are scored. Last line:
 
-    plan uhcs_miou=<x> uhcs_hand=<y> nasa_miou=<x> nasa_hand=<y> minutes=<m> budget=<b>
+    plan uhcs_miou=<x> uhcs_hand=<y> nasa_miou=<x> nasa_hand=<y> minutes=<m> budget=<b> seed=<s>
 
-Usage: python benchmarks/plan_crossdata.py [--budget 6min] [--only uhcs|nasa]
+Usage: python benchmarks/plan_crossdata.py [--budget 6min] [--only uhcs|nasa] [--seed 0]
 """
 
 from __future__ import annotations
@@ -32,16 +32,17 @@ DATASETS = {
 }
 
 
-def configs(example: str, budget: str):
+def configs(example: str, budget: str, seed: int):
     import yaml
 
     from microal.config import apply_overrides, load_config, parse_config
 
     raw = yaml.safe_load((REPO / "examples" / example).read_text())
     plan = {k: v for k, v in raw.items() if k in KEPT_SECTIONS}
-    plan.update(auto="all", training={"budget": budget})
+    plan.update(auto="all", training={"budget": budget, "seed": seed})
     hand = apply_overrides(
-        load_config(REPO / "examples" / example), {"training.budget": budget, "training.epochs": 10_000}
+        load_config(REPO / "examples" / example),
+        {"training.budget": budget, "training.epochs": 10_000, "training.seed": seed},
     )
     return parse_config(plan, source=f"plan config from {example}"), hand
 
@@ -104,6 +105,9 @@ def main() -> int:
     p = parser(__doc__, "plan_crossdata")
     p.add_argument("--budget", default="6min", help="training.budget of every fit (default 6min)")
     p.add_argument("--only", choices=sorted(DATASETS), help="one data set only")
+    p.add_argument(
+        "--seed", type=int, default=0, help="training.seed of every fit (the split and held-out images stay the same)"
+    )
     args = p.parse_args()
     out = fresh(args.out)
     started = time.time()
@@ -112,12 +116,12 @@ def main() -> int:
         if args.only and name != args.only:
             continue
         data = require_data(SHARED / folder)
-        plan_config, hand_config = configs(example, args.budget)
+        plan_config, hand_config = configs(example, args.budget, args.seed)
         results[f"{name}_miou"] = fit_and_score(name, "plan", plan_config, data / "manifest.csv", out)
         results[f"{name}_hand"] = fit_and_score(name, "hand", hand_config, data / "manifest.csv", out)
     minutes = (time.time() - started) / 60
     figures = " ".join(f"{k}={v:.3f}" for k, v in results.items())
-    print(f"plan {figures} minutes={minutes:.1f} budget={args.budget}")
+    print(f"plan {figures} minutes={minutes:.1f} budget={args.budget} seed={args.seed}")
     return 0
 
 
