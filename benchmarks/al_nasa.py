@@ -18,8 +18,8 @@ the whole-pool mIoU (nan: not within the rounds). The simulated expert seconds o
 are in curve.csv and curve_seconds.png.
 
 Usage: python benchmarks/al_nasa.py [--seeds 3] [--rounds 3] [--initial 8] [--batch 16]
-       [--strategies entropy] [--members 1] [--folds K] [--epochs 30] [--domains A B] [--no-class-balanced]
-       [--out bench-out/al_nasa]
+       [--strategies entropy] [--random-until N] [--members 1] [--folds K] [--epochs 30]
+       [--domains A B] [--no-class-balanced] [--out bench-out/al_nasa]
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def main() -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="al.class_balanced: uncertainty about a phase rare among the labels so far counts more",
+    )
+    args_parser.add_argument(
+        "--random-until", type=int, help="al.random_until: random batches while fewer tiles are labelled"
     )
     args_parser.add_argument("--members", type=int, default=1, help="ensemble members (k-fold)")
     args_parser.add_argument(
@@ -96,6 +99,7 @@ def main() -> int:
             "al.members": args.members,
             "al.folds": args.folds,
             "al.class_balanced": args.class_balanced,
+            "al.random_until": args.random_until,
             "al.reduction": "mean",
             "al.diversity": "kcenter",
             "al.per_image_cap": 4,

@@ -405,6 +405,11 @@ class ActiveLearningConfig(_Strict):
     # Instead of batch_size tiles: as many as fit this much expert time, each tile's time
     # estimated from its pre-annotation's boundary length and what labelled tiles cost (active/costs.py).
     budget_minutes: float | None = Field(None, gt=0)
+    # Select at random while fewer than this many tiles are labelled, by al.acquisition from then
+    # on: a model of a handful of tiles is unsure wherever it has seen nothing alike, and a batch
+    # of such tiles teaches the next model outliers (active learning's cold start; Hacohen et
+    # al., ICML 2022). Default: uncertainty from the first round.
+    random_until: int | None = Field(None, ge=1)
     members: int = Field(3, ge=1)  # ensemble members (k-fold bagging)
     # k of the k-fold split (default: members). More folds than members: each member leaves out a
     # smaller fold and so trains on more of the labelled tiles ((k-1)/k of them); the first

@@ -253,6 +253,21 @@ def cost_estimate(project: ALProject) -> CostEstimate:
     return CostEstimate.from_labelled(seconds, boundary, SimulatedCost())
 
 
+def round_acquisition(project: ALProject) -> str:
+    """al.acquisition, or random while fewer than al.random_until pool tiles are labelled (the
+    cold start: see the setting)."""
+    al = project.config.al
+    labelled = len(project.pool.ids(LABELLED))
+    if al.random_until is not None and labelled < al.random_until and al.acquisition != "random":
+        print(
+            f"al select: {labelled} labelled tiles, under al.random_until ({al.random_until}): "
+            f"this batch is random, {al.acquisition} from {al.random_until} on",
+            flush=True,
+        )
+        return "random"
+    return al.acquisition
+
+
 def select_round(
     project: ALProject, k: int | None = None, acquisition: str | None = None, budget_minutes: float | None = None
 ) -> pd.DataFrame:
@@ -264,7 +279,7 @@ def select_round(
     if not (folder / SCORES_FILE).exists():
         raise MicroalError(f"al select: no score table in {folder}; run `microal al score` first")
     scores = pd.read_parquet(folder / SCORES_FILE)
-    acquisition = acquisition or al.acquisition
+    acquisition = acquisition or round_acquisition(project)
     scores = scores[scores.acquisition == acquisition]
     if scores.empty:
         raise MicroalError(f"al select: the score table has no {acquisition!r} scores")

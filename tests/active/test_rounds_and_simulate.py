@@ -126,6 +126,16 @@ def test_a_project_round(ray_local, tiled, synth_dir, tmp_path):
     selection = select_round(project)
     assert len(selection) == 4 and set(selection.tile_id) <= set(unlabelled)
     assert (project.round_dir(0) / "selection.csv").exists()
+    # The cold start: under al.random_until labelled tiles the batch is the random baseline's
+    # (no k-center either); from that many on, the acquisition's again.
+    random = select_round(project, acquisition="random")
+    project.config = apply_overrides(config, {"al.random_until": 7})
+    cold = select_round(project)
+    assert cold.tile_id.tolist() == random.tile_id.tolist() and set(cold.acquisition) == {"random"}
+    project.config = apply_overrides(config, {"al.random_until": 6})
+    warm = select_round(project)
+    assert warm.tile_id.tolist() == selection.tile_id.tolist() and set(warm.acquisition) == {"bald"}
+    project.config = config
     # A budget in expert minutes instead of k: nothing paid yet, so the prior prices the tiles.
     budgeted = select_round(project, budget_minutes=3)
     assert 1 <= len(budgeted) and budgeted.estimated_seconds.sum() <= 180
