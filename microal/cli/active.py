@@ -217,7 +217,9 @@ def add_al(p) -> None:
     add_address(q)
     q = step("select", "choose the next batch from the score table", cmd_select)
     q.add_argument("--k", type=int, help="tiles to choose (default al.batch_size)")
-    q.add_argument("--acquisition", help="which scores to rank by (default al.acquisition)")
+    q.add_argument(
+        "--acquisition", help="which scores to rank by (default al.acquisition, or random under al.random_until)"
+    )
     q.add_argument(
         "--minutes", type=float, help="instead of --k: as many tiles as fit this much expert time (al.budget_minutes)"
     )
