@@ -408,7 +408,8 @@ class ActiveLearningConfig(_Strict):
     # Select at random while fewer than this many tiles are labelled, by al.acquisition from then
     # on: a model of a handful of tiles is unsure wherever it has seen nothing alike, and a batch
     # of such tiles teaches the next model outliers (active learning's cold start; Hacohen et
-    # al., ICML 2022). Default: uncertainty from the first round.
+    # al., ICML 2022). Counts images in an image project (its acquisition: classify.acquisition).
+    # Default: uncertainty from the first round.
     random_until: int | None = Field(None, ge=1)
     members: int = Field(3, ge=1)  # ensemble members (k-fold bagging)
     # k of the k-fold split (default: members). More folds than members: each member leaves out a

@@ -25,6 +25,7 @@ import pandas as pd
 from microal.active.costs import CostTable, SimulatedCost
 from microal.active.folders import REPORT_FILE, SCORES_FILE, SELECTION_FILE, ProjectFolders
 from microal.active.pool import LABELLED, QUEUED, REJECTED, UNLABELLED, Pool
+from microal.active.selection import cold_start_acquisition
 from microal.classify.acquire import rank_images
 from microal.classify.classifier_file import CLASSIFIER_FILE, Classifier, load_classifier
 from microal.classify.evaluate import classification_metrics
@@ -227,15 +228,19 @@ class ImageALProject:
 
     def select_round(self, k: int | None = None, acquisition: str | None = None) -> pd.DataFrame:
         """The al.batch_size (or k) unlabelled images ranked first by classify.acquisition (entropy,
-        novelty or random), from the round's score table; images queued, labelled or rejected
-        are never chosen."""
+        novelty or random; random while fewer than al.random_until images are labelled), from the
+        round's score table; images queued, labelled or rejected are never chosen."""
         folder = self.round_dir(self.current_round)
         if not (folder / SCORES_FILE).exists():
             raise MicroalError(f"classify al: no score table in {folder}; the round has not been scored")
         scores = pd.read_parquet(folder / SCORES_FILE)
         busy = set(self.pool.table.tile_id[self.pool.table.state.isin([QUEUED, LABELLED, REJECTED])])
         scores = scores[~scores.tile_id.isin(busy)]
-        acquisition = acquisition or self.config.classify.acquisition
+        if acquisition is None:
+            labelled = len(self.pool.ids(LABELLED))
+            acquisition = cold_start_acquisition(
+                self.config.classify.acquisition, labelled, self.config.al.random_until, items="images"
+            )
         k = k or self.config.al.batch_size
         if acquisition == "random":
             ranked = scores.sort_values(["random", "image_name"], ascending=[False, True]).head(k)

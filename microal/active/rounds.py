@@ -35,7 +35,7 @@ from microal.active.folders import (
 )
 from microal.active.pool import LABELLED, QUEUED, REJECTED, UNLABELLED, Pool
 from microal.active.scoring import TileScorer, score_table
-from microal.active.selection import SelectionSettings, select_batch
+from microal.active.selection import SelectionSettings, cold_start_acquisition, select_batch
 from microal.backend import ray as ray_backend
 from microal.config import ProjectConfig
 from microal.data.labels import LabelStore
@@ -257,15 +257,7 @@ def round_acquisition(project: ALProject) -> str:
     """al.acquisition, or random while fewer than al.random_until pool tiles are labelled (the
     cold start: see the setting)."""
     al = project.config.al
-    labelled = len(project.pool.ids(LABELLED))
-    if al.random_until is not None and labelled < al.random_until and al.acquisition != "random":
-        print(
-            f"al select: {labelled} labelled tiles, under al.random_until ({al.random_until}): "
-            f"this batch is random, {al.acquisition} from {al.random_until} on",
-            flush=True,
-        )
-        return "random"
-    return al.acquisition
+    return cold_start_acquisition(al.acquisition, len(project.pool.ids(LABELLED)), al.random_until)
 
 
 def select_round(

@@ -20,6 +20,19 @@ import pandas as pd
 from microal.errors import ConfigError
 
 
+def cold_start_acquisition(acquisition: str, labelled: int, random_until: int | None, items: str = "tiles") -> str:
+    """`acquisition`, or random while fewer than `random_until` items are labelled (al.random_until:
+    a model of a handful of labels is unsure wherever it has seen nothing alike)."""
+    if random_until is not None and labelled < random_until and acquisition != "random":
+        print(
+            f"al select: {labelled} labelled {items}, under al.random_until ({random_until}): "
+            f"this batch is random, {acquisition} from {random_until} on",
+            flush=True,
+        )
+        return "random"
+    return acquisition
+
+
 @dataclass(frozen=True)
 class SelectionSettings:
     k: int

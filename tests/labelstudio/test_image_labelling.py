@@ -10,7 +10,7 @@ from microal.active.images import CLASSIFIER_DIR, ROUND_CATALOG_FILE, init_image
 from microal.active.labellers import OracleLabeller
 from microal.active.pool import LABELLED, QUEUED, REJECTED
 from microal.cli.main import main
-from microal.config import parse_config
+from microal.config import apply_overrides, parse_config
 from microal.errors import MicroalError
 from microal.labelstudio.client import LabelStudioClient, choice_result
 from microal.labelstudio.config import CLASS_NAME, FLAG_NONE, FLAGS_NAME, image_label_config
@@ -126,6 +126,22 @@ def test_the_oracle_and_the_experts_run_the_same_image_round_then_retrain_on_wha
     splits = pd.read_csv(experts_project.round_dir(1) / CLASSIFIER_DIR / "splits.csv")
     assert splits.split.isin(["train", "val"]).sum() == 8
     assert (experts_project.round_dir(1) / CLASSIFIER_DIR / "best_classifier.pt").exists()
+
+
+def test_an_image_round_under_al_random_until_selects_at_random_then_by_its_acquisition(
+    micrographs, ray_local, tmp_path
+):
+    config, catalog, _, _ = micrographs
+    cold = apply_overrides(config, {"al.random_until": 8}, source="test")
+    project = init_image_project(tmp_path / "cold", cold, catalog, start_per_class=2, seed=0)
+    first = rounds.run_round(project, OracleLabeller())  # 6 images labelled: under 8
+    scores = pd.read_parquet(project.round_dir(0) / "scores.parquet")
+    by_random = scores.sort_values(["random", "image_name"], ascending=[False, True]).head(3)
+    assert first.selection.tile_id.tolist() == by_random.tile_id.tolist()
+    assert (first.selection.acquisition == "random").all()
+    second = rounds.run_round(project, OracleLabeller())  # 9 labelled: the acquisition's turn
+    assert (second.selection.acquisition == config.classify.acquisition).all()
+    assert second.selection[config.classify.acquisition].is_monotonic_decreasing
 
 
 def test_classify_al_init_and_pull_from_the_command_line(micrographs, labelstudio_server, capsys, monkeypatch):
