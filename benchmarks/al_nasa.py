@@ -19,7 +19,7 @@ are in curve.csv and curve_seconds.png.
 
 Usage: python benchmarks/al_nasa.py [--seeds 3] [--rounds 3] [--initial 8] [--batch 16]
        [--strategies entropy] [--random-until N] [--members 1] [--folds K] [--epochs 30]
-       [--domains A B] [--no-class-balanced] [--out bench-out/al_nasa]
+       [--domains A B] [--initial-domains A] [--no-class-balanced] [--out bench-out/al_nasa]
 """
 
 from __future__ import annotations
@@ -60,6 +60,13 @@ def main() -> int:
         default=["A", "B"],
         help="imaging domains to pool (B: Super2, other alloys and settings; a domain without test "
         "images gives every other image, by name, to the held-out set)",
+    )
+    args_parser.add_argument(
+        "--initial-domains",
+        nargs="+",
+        default=[],
+        help="draw round 0's tiles from these domains only (e.g. A: the lab has labelled Super1 and "
+        "now pools Super2's micrographs, unlabelled); default: the whole pool",
     )
     args = args_parser.parse_args()
     data = require_data(args.data)
@@ -108,7 +115,14 @@ def main() -> int:
         out / "manifest.csv",
         out,
     )
-    sim = Simulation(args.initial, args.batch, args.rounds, tuple(args.strategies), args.seeds)
+    sim = Simulation(
+        args.initial,
+        args.batch,
+        args.rounds,
+        tuple(args.strategies),
+        args.seeds,
+        initial_domains=tuple(args.initial_domains),
+    )
     curve, summary, full = simulate(config, out / "tiles", out / "sim", sim)
     print(format_table(summary))
     print(f"curves: {out / 'sim' / 'curve.png'}, {out / 'sim' / 'curve_seconds.png'}")

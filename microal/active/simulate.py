@@ -1,6 +1,7 @@
 """`microal al simulate`: the standard oracle experiment for active learning.
 
-Start from `initial` labelled tiles (random, the same for every strategy of a seed), hide the
+Start from `initial` labelled tiles (random, the same for every strategy of a seed; optionally
+from the pool's tiles of some imaging domains only, `initial_domains`), hide the
 masks of the rest of the pool, and run the experts' round (active/rounds.run_round) with the
 oracle as labeller: train the ensemble on what is labelled, measure it on the fixed held-out
 tiles, score the pool, select `batch` tiles, reveal their masks (with a simulated expert cost).
@@ -26,7 +27,7 @@ from microal.active.costs import SimulatedCost
 from microal.active.ensemble import Ensemble, train_ensemble
 from microal.active.folders import ProjectFolders, SimulationFolders
 from microal.active.labellers import OracleLabeller
-from microal.active.pool import LABELLED
+from microal.active.pool import LABELLED, Pool
 from microal.active.rounds import (
     ALProject,
     create_project,
@@ -57,6 +58,10 @@ class Simulation:
     # al.warm_start the epochs accumulated over all rounds).
     full_pool_epochs: int | None = None
     cost: SimulatedCost = field(default_factory=SimulatedCost)  # the oracle's seconds per tile
+    # Imaging domains round 0's tiles are drawn from (empty: the whole pool). A lab that has
+    # labelled its own microscope's micrographs and now pools another's starts this way: the new
+    # domain's tiles are in the pool, unlabelled, and in the held-out set.
+    initial_domains: tuple[str, ...] = ()
 
     def reference_epochs(self, config: ProjectConfig) -> int:
         if self.full_pool_epochs:
@@ -93,6 +98,22 @@ def _done(folders: SimulationFolders, strategy: str, seed: int) -> set[int]:
     return set(curve[(curve.strategy == strategy) & (curve.seed == seed)]["round"].astype(int))
 
 
+def initial_candidates(pool_tiles: pd.DataFrame, sim: Simulation) -> np.ndarray:
+    """The tile ids round 0 draws its `initial` tiles from: the pool, or its tiles of
+    `sim.initial_domains`."""
+    if not sim.initial_domains:
+        return pool_tiles.tile_id.to_numpy()
+    wanted = [str(d) for d in sim.initial_domains]
+    candidates = pool_tiles[pool_tiles.domain.astype(str).isin(wanted)]
+    if len(candidates) < sim.initial:
+        present = sorted(pool_tiles.domain.astype(str).unique())
+        raise ConfigError(
+            f"al simulate: {sim.initial} initial tiles from domain(s) {wanted}, but the pool holds "
+            f"{len(candidates)} tiles of them (its domains: {present})"
+        )
+    return candidates.tile_id.to_numpy()
+
+
 def strategy_project(
     config: ProjectConfig,
     tiles_root: Path,
@@ -115,21 +136,39 @@ def strategy_project(
         project = create_project(root, run_config, tiles_root, pool_tiles, seed=seed)
     if not project.pool.ids(LABELLED):
         rng = np.random.default_rng(seed)
-        initial = rng.choice(pool_tiles.tile_id.to_numpy(), size=sim.initial, replace=False).tolist()
+        initial = rng.choice(initial_candidates(pool_tiles, sim), size=sim.initial, replace=False).tolist()
         oracle.reveal(project, initial, 0, note="initial")
     return project
 
 
+def same_round_elsewhere(project: ALProject, reference: Path | None) -> Ensemble | None:
+    """The ensemble of the same round in the `reference` project (another strategy of the seed)
+    when it was trained on exactly the tiles this project has labelled now, else None. Round 0
+    always is (the strategies share their initial tiles), and so is every round under
+    al.random_until (each strategy's batch is then random's): trained once, not once per strategy."""
+    if reference is None:
+        return None
+    round_ = project.current_round
+    folders = ProjectFolders(reference)
+    ensemble = Ensemble.load(folders.round(round_))
+    if ensemble is None or not folders.pool.exists():
+        return None
+    theirs = Pool.load(folders.pool).table
+    theirs = set(theirs.tile_id[(theirs.state == LABELLED) & (theirs["round"] <= round_)])
+    return ensemble if theirs == set(project.pool.ids(LABELLED)) else None
+
+
 def run_strategy(
-    config, tiles_root, pool_tiles, folders: SimulationFolders, strategy, seed, sim, address, shared_round0
+    config, tiles_root, pool_tiles, folders: SimulationFolders, strategy, seed, sim, address, reference
 ) -> None:
-    """Rounds 0..sim.rounds of one strategy and seed, each the experts' round with the oracle."""
+    """Rounds 0..sim.rounds of one strategy and seed, each the experts' round with the oracle; a
+    round whose labelled tiles the `reference` project's same round had takes its ensemble."""
     oracle = OracleLabeller(sim.cost)
     project = strategy_project(config, tiles_root, pool_tiles, folders.run(strategy, seed), strategy, seed, sim, oracle)
     done = _done(folders, strategy, seed)
     while True:
         round_ = project.current_round
-        members = Ensemble.load(shared_round0) if round_ == 0 and shared_round0 is not None else None
+        members = same_round_elsewhere(project, reference)
         outcome = run_round(project, oracle, address=address, members=members, select=round_ < sim.rounds)
         if round_ not in done:
             pool = project.pool.table
@@ -260,21 +299,24 @@ def simulate(
         raise ConfigError(
             f"al simulate: {sim.initial} + {sim.rounds} x {sim.batch} tiles exceed the pool of {len(pool_tiles)}"
         )
+    initial_candidates(pool_tiles, sim)  # a domain the pool lacks fails before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     folders = SimulationFolders(out_dir)
     ray_backend.init_ray(address)
     print(
         f"al simulate: pool {len(pool_tiles)} tiles, held-out {len(test_tiles)} tiles; "
         f"strategies {list(sim.strategies)}, "
-        f"{sim.seeds} seed(s), {sim.rounds} rounds of {sim.batch} from {sim.initial}",
+        f"{sim.seeds} seed(s), {sim.rounds} rounds of {sim.batch} from {sim.initial}"
+        + (f" of domain(s) {list(sim.initial_domains)}" if sim.initial_domains else ""),
         flush=True,
     )
     for seed in range(sim.seeds):
-        # Round 0 has the same labelled tiles for every strategy of a seed: trained once, by the first.
-        shared_round0 = None
+        # Rounds with the same labelled tiles (round 0; those under al.random_until) are trained
+        # once, by the first strategy of the seed, and shared with the others.
+        reference = None
         for strategy in sim.strategies:
-            run_strategy(config, tiles_root, pool_tiles, folders, strategy, seed, sim, address, shared_round0)
-            shared_round0 = ProjectFolders(folders.run(strategy, seed)).round(0)
+            run_strategy(config, tiles_root, pool_tiles, folders, strategy, seed, sim, address, reference)
+            reference = reference or folders.run(strategy, seed)
     curve = pd.read_csv(folders.curve)
     references = full_pool_references(
         config, tiles_root, pool_tiles, test_tiles, folders, address, sim.reference_epochs(config), sim.seeds

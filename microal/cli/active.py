@@ -99,6 +99,7 @@ def cmd_simulate(args) -> None:
         tuple(args.strategies),
         args.seeds,
         full_pool_epochs=args.full_pool_epochs,
+        initial_domains=tuple(args.initial_domains),
     )
     out = ws.al(args.name)
     curve, summary, full = simulate(config, ws.tiles, out, sim, address=args.address)
@@ -231,6 +232,14 @@ def add_al(p) -> None:
         add_labelstudio_options(step(name, help_text, handler), run=name == "run")
     q = step("simulate", "oracle experiment: acquisition strategies against random on held-out mIoU", cmd_simulate)
     q.add_argument("--initial", type=int, default=8, help="labelled tiles to start from")
+    q.add_argument(
+        "--initial-domains",
+        nargs="+",
+        default=[],
+        metavar="DOMAIN",
+        help="draw the initial tiles from these imaging domains only (a lab that has labelled its own "
+        "microscope's micrographs and pools another's); default: the whole pool",
+    )
     q.add_argument("--batch", type=int, help="tiles revealed per round (default al.batch_size)")
     q.add_argument("--rounds", type=int, default=4)
     q.add_argument("--strategies", nargs="+", default=["bald", "entropy"], help="acquisitions (random is always added)")

@@ -17,7 +17,7 @@ from microal.active.rounds import (
     select_round,
     train_round_ensemble,
 )
-from microal.active.simulate import Simulation, aulc_gap_interval, simulate, summarise
+from microal.active.simulate import Simulation, aulc_gap_interval, initial_candidates, simulate, summarise
 from microal.config import apply_overrides, parse_config
 from microal.data.tiles import load_tiles
 from microal.data.tiling import IGNORE_INDEX
@@ -217,11 +217,51 @@ def test_oracle_simulation_and_resume(ray_local, tiled, synth_dir, tmp_path):
     assert full_again == full and reference.stat().st_mtime_ns == stamp
 
 
+def test_rounds_under_random_until_are_trained_once_per_seed(ray_local, tiled, synth_dir, tmp_path):
+    ws, _, _ = tiled
+    # From 4 tiles, under 8: round 0's batch is random for both, so round 1 has the same 8 tiles.
+    config = _config(synth_dir, members=1, random_until=8)
+    sim = Simulation(initial=4, batch=4, rounds=2, strategies=("entropy",), seeds=1)
+    curve, _, _ = simulate(config, ws.tiles, tmp_path / "sim", sim)
+    versions = curve.groupby("round").model_version.nunique()
+    assert versions.to_dict() == {0: 1, 1: 1, 2: 2}  # rounds 0 and 1 shared, round 2 each its own
+    rounds_of = {s: tmp_path / "sim" / f"{s}-s0" / "rounds" for s in ("entropy", "random")}
+    assert not (rounds_of["random"] / "round-1" / "member-0").exists()
+    assert (rounds_of["random"] / "round-2" / "member-0").exists()
+    chosen = {
+        (strategy, r): pd.read_csv(rounds_of[strategy] / f"round-{r}" / "selection.csv")
+        for strategy in rounds_of
+        for r in (0, 1)
+    }
+    assert chosen["entropy", 0].tile_id.tolist() == chosen["random", 0].tile_id.tolist()
+    assert set(chosen["entropy", 0].acquisition) == {"random"}
+    assert set(chosen["entropy", 1].acquisition) == {"entropy"}
+    assert chosen["entropy", 1].tile_id.tolist() != chosen["random", 1].tile_id.tolist()
+
+
 def test_a_one_member_simulation_refuses_disagreement_acquisitions(synth_dir, tmp_path):
     config = _config(synth_dir, members=1)
     sim = Simulation(initial=4, batch=4, rounds=1, strategies=("entropy", "bald"), seeds=1)
     with pytest.raises(ConfigError, match=r"\['bald'\] measure disagreement .* al.members = 1"):
         simulate(config, tmp_path / "no-tiles-needed", tmp_path / "sim", sim)
+    assert not (tmp_path / "sim").exists()
+
+
+def test_initial_tiles_from_chosen_domains(tiled, synth_dir, tmp_path):
+    pool = pd.DataFrame({"tile_id": [f"t{i}" for i in range(10)], "domain": ["A"] * 7 + ["B"] * 3})
+    everything = Simulation(initial=2, batch=2, rounds=1, strategies=("entropy",), seeds=1)
+    assert list(initial_candidates(pool, everything)) == list(pool.tile_id)
+    only_b = Simulation(2, 2, 1, ("entropy",), 1, initial_domains=("B",))
+    assert list(initial_candidates(pool, only_b)) == ["t7", "t8", "t9"]
+    too_few = Simulation(4, 2, 1, ("entropy",), 1, initial_domains=("B",))
+    with pytest.raises(ConfigError, match=r"4 initial tiles from domain\(s\) \['B'\].* 3 tiles .*\['A', 'B'\]"):
+        initial_candidates(pool, too_few)
+    # The synthetic set holds its light-optical domain B out as test images: no pool tile to start
+    # from, refused before the simulation writes anything.
+    ws, _, _ = tiled
+    sim = Simulation(4, 4, 1, ("entropy",), 1, initial_domains=("B",))
+    with pytest.raises(ConfigError, match=r"domain\(s\) \['B'\], but the pool holds 0 tiles"):
+        simulate(_config(synth_dir, members=1), ws.tiles, tmp_path / "sim", sim)
     assert not (tmp_path / "sim").exists()
 
 
