@@ -395,7 +395,7 @@ class ClassifyConfig(_EpochsOrTime):
 class ActiveLearningConfig(_Strict):
     """How the next tiles for experts are chosen (microal al ...)."""
 
-    acquisition: str = "bald"  # entropy, bald, variance, margin, random
+    acquisition: str = "bald"  # entropy, bald, variance, margin, random, typiclust
     reduction: Literal["mean", "max", "topk_mean"] = "mean"  # pixel map -> tile score
     # Weigh each pixel's uncertainty by the balanced weight (1/sqrt of its share among the labels
     # so far) of the class the ensemble expects there: doubt about a rare phase counts more.
@@ -431,10 +431,11 @@ class ActiveLearningConfig(_Strict):
     @field_validator("acquisition")
     @classmethod
     def _known_acquisition(cls, value):
-        from microal.active.acquisition import ACQUISITIONS
+        from microal.active.acquisition import ACQUISITIONS, EMBEDDING_ACQUISITIONS
 
-        if value not in ACQUISITIONS:
-            raise ValueError(f"unknown acquisition {value!r}; valid: {sorted(ACQUISITIONS)}")
+        valid = set(ACQUISITIONS) | EMBEDDING_ACQUISITIONS
+        if value not in valid:
+            raise ValueError(f"unknown acquisition {value!r}; valid: {sorted(valid)}")
         return value
 
     @model_validator(mode="after")

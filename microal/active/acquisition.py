@@ -80,9 +80,16 @@ ACQUISITIONS: dict[str, Callable[..., torch.Tensor]] = {
 # These measure how members disagree: with one member they are zero everywhere.
 NEEDS_MEMBERS = {"bald", "variance"}
 
+# Acquisitions over the pool's embeddings, not over probabilities (active/selection.py):
+# typiclust, the most typical tile of each cluster not yet covered by a label (Hacohen et al.,
+# ICML 2022: at small budgets typical tiles teach more than uncertain ones).
+EMBEDDING_ACQUISITIONS = {"typiclust"}
+
 
 def score_scale(name: str, num_classes: int) -> float:
     """The largest value an acquisition can take (so a score can be shown in [0, 1])."""
+    if name in EMBEDDING_ACQUISITIONS:
+        return 1.0
     get_acquisition(name)
     return {"entropy": np.log(num_classes), "bald": np.log(num_classes), "variance": 0.25}.get(name, 1.0)
 

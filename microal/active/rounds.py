@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from microal.active.acquisition import EMBEDDING_ACQUISITIONS
 from microal.active.costs import CostEstimate, CostTable, SimulatedCost, boundary_pixels
 from microal.active.ensemble import MEMBERS_FILE, Ensemble, ensemble_report, train_ensemble
 from microal.active.folders import (
@@ -35,7 +36,7 @@ from microal.active.folders import (
 )
 from microal.active.pool import LABELLED, QUEUED, REJECTED, UNLABELLED, Pool
 from microal.active.scoring import TileScorer, score_table
-from microal.active.selection import SelectionSettings, cold_start_acquisition, select_batch
+from microal.active.selection import SelectionSettings, cold_start_acquisition, select_batch, typicality
 from microal.backend import ray as ray_backend
 from microal.config import ProjectConfig
 from microal.data.labels import LabelStore
@@ -223,7 +224,7 @@ def score_round(project: ALProject, ensemble: Ensemble | None = None) -> pd.Data
     candidates = project.pool.ids(UNLABELLED)
     if not candidates:
         raise MicroalError("al score: no unlabelled tile left in the pool")
-    acquisitions = sorted({al.acquisition, "random"})
+    acquisitions = sorted({al.acquisition, "random"} - EMBEDDING_ACQUISITIONS)
     weights = labelled_class_weights(project) if al.class_balanced else None
     score = partial(
         TileScorer.score,
@@ -235,11 +236,31 @@ def score_round(project: ALProject, ensemble: Ensemble | None = None) -> pd.Data
     )
     batches = ensemble.map_tiles(project.tiles_root, candidates, score, project.config)
     table, embeddings = score_table(batches, project.tileset.tiles, ensemble.version)
+    # The labelled tiles' embeddings too (a call of their own, so the candidates' batches and
+    # random scores stay as they were): k-center starts from them, typiclust counts them.
+    labelled = project.pool.ids(LABELLED)
+    if labelled:
+        _, known = score_table(
+            ensemble.map_tiles(project.tiles_root, labelled, partial(score, acquisitions=["random"]), project.config),
+            project.tileset.tiles,
+            ensemble.version,
+        )
+        embeddings = pd.concat([embeddings, known])
+    if al.acquisition in EMBEDDING_ACQUISITIONS:
+        table = pd.concat([table, typicality_rows(table, embeddings, al.acquisition, al.reduction)], ignore_index=True)
     with atomic_path(folder / SCORES_FILE) as tmp:
         table.to_parquet(tmp, index=False)
     with atomic_path(folder / EMBEDDINGS_FILE) as tmp:
         embeddings.set_axis([str(c) for c in embeddings.columns], axis=1).to_parquet(tmp)
     return table
+
+
+def typicality_rows(table: pd.DataFrame, embeddings: pd.DataFrame, acquisition: str, reduction: str) -> pd.DataFrame:
+    """Score-table rows of an embedding acquisition: each candidate's typicality among all the
+    pool's embeddings (what it is ranked by within its cluster; selection does the clustering)."""
+    rows = table[table.acquisition == "random"].copy()
+    typical = pd.Series(typicality(embeddings.to_numpy(dtype=np.float64)), index=embeddings.index)
+    return rows.assign(acquisition=acquisition, reduction=reduction, score=typical.loc[rows.tile_id].to_numpy())
 
 
 def cost_estimate(project: ALProject) -> CostEstimate:
@@ -293,7 +314,7 @@ def select_round(
     settings = SelectionSettings(
         k=k or al.batch_size,
         per_image_cap=al.per_image_cap,
-        diversity="none" if acquisition == "random" else al.diversity,
+        diversity={"random": "none", "typiclust": "typiclust"}.get(acquisition, al.diversity),
         candidates_factor=al.candidates_factor,
         stratify_by_domain=al.stratify_by_domain,
         budget_seconds=None if budget_minutes is None else budget_minutes * 60,

@@ -3,7 +3,9 @@
 Steps: drop tiles that are queued, labelled or rejected; optionally split the budget over
 domains; within each, take the best-scored candidates, spread them over the candidates'
 embedding space (k-center greedy, starting from the tiles already labelled), and never take
-more than `per_image_cap` tiles of one micrograph.
+more than `per_image_cap` tiles of one micrograph. TypiClust (`diversity="typiclust"`, the
+acquisition `typiclust`) instead clusters the embeddings and takes the most typical tile of
+each cluster that labels do not cover yet.
 
 With a budget in expert seconds (`budget_seconds`, and an `estimated_seconds` column in the
 score table), the batch is not k tiles but as many as fit the budget, in the same order of
@@ -33,11 +35,18 @@ def cold_start_acquisition(acquisition: str, labelled: int, random_until: int | 
     return acquisition
 
 
+DIVERSITIES = ("kcenter", "none", "typiclust")
+# TypiClust's constants (Hacohen et al. 2022): typicality from up to 20 neighbours; clusters of
+# fewer than 5 tiles are outliers, taken only when no larger cluster is left.
+TYPICALITY_NEIGHBOURS = 20
+MIN_CLUSTER_SIZE = 5
+
+
 @dataclass(frozen=True)
 class SelectionSettings:
     k: int
     per_image_cap: int | None = None
-    diversity: str = "kcenter"  # kcenter | none
+    diversity: str = "kcenter"  # kcenter | none | typiclust (ignores the scores' order)
     candidates_factor: int = 5  # k-center picks among the top k x factor by score
     stratify_by_domain: bool = False
     budget_seconds: float | None = None  # instead of k: the expert time the batch may take
@@ -45,8 +54,8 @@ class SelectionSettings:
     def __post_init__(self):
         if self.k < 1:
             raise ConfigError(f"selection: k must be >= 1, got {self.k}")
-        if self.diversity not in ("kcenter", "none"):
-            raise ConfigError(f"selection: unknown diversity {self.diversity!r}; valid: ['kcenter', 'none']")
+        if self.diversity not in DIVERSITIES:
+            raise ConfigError(f"selection: unknown diversity {self.diversity!r}; valid: {list(DIVERSITIES)}")
         if self.budget_seconds is not None and self.budget_seconds <= 0:
             raise ConfigError(f"selection: the budget must be positive, got {self.budget_seconds} s")
 
@@ -88,6 +97,65 @@ def _kcenter(
         per_image[images[pick]] = per_image.get(images[pick], 0) + 1
         distance = np.minimum(distance, np.linalg.norm(points - points[pick], axis=1))
     return candidates.tile_id.to_numpy()[chosen].tolist()
+
+
+def _unit(points: np.ndarray) -> np.ndarray:
+    return points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+
+
+def typicality(points: np.ndarray, neighbours: int = TYPICALITY_NEIGHBOURS) -> np.ndarray:
+    """1 / (1 + mean distance to the nearest `neighbours` other points), on unit-length
+    embeddings: high where the pool is dense (a typical tile), in (1/3, 1]."""
+    from sklearn.neighbors import NearestNeighbors
+
+    points = _unit(np.asarray(points, dtype=np.float64))
+    if len(points) < 2:
+        return np.ones(len(points))
+    k = min(neighbours, len(points) - 1)
+    distance, _ = NearestNeighbors(n_neighbors=k + 1).fit(points).kneighbors(points)
+    return 1.0 / (1.0 + distance[:, 1:].mean(axis=1))  # column 0: the point itself
+
+
+def _typiclust(
+    candidates: pd.DataFrame, embeddings: pd.DataFrame, k: int, labelled: list[str], cap: int | None
+) -> list[str]:
+    """TypiClust: k-means of the candidates and labelled tiles into (labelled + k) clusters; k
+    times, the largest cluster with the fewest labelled or chosen tiles gives its most typical
+    candidate (typicality within the cluster), never more than `cap` tiles of one micrograph."""
+    from sklearn.cluster import KMeans
+
+    anchors = [t for t in labelled if t in embeddings.index]
+    ids = candidates.tile_id.tolist()
+    points = _unit(embeddings.loc[ids + anchors].to_numpy(dtype=np.float64))
+    clusters = min(len(anchors) + k, len(points))
+    assignment = KMeans(n_clusters=clusters, n_init=3, random_state=0).fit_predict(points)
+    is_candidate = np.arange(len(points)) < len(ids)
+    covered = np.bincount(assignment[~is_candidate], minlength=clusters)
+    sizes = np.bincount(assignment, minlength=clusters)
+    typical = np.zeros(len(points))
+    for cluster in range(clusters):
+        members = np.flatnonzero(assignment == cluster)
+        typical[members] = typicality(points[members])
+    images = candidates.image_id.to_numpy()
+    chosen: list[int] = []
+    per_image: dict[str, int] = {}
+    open_clusters = set(range(clusters))
+    while len(chosen) < k and open_clusters:
+        # Outlier clusters last; then the least covered, the largest first.
+        cluster = min(open_clusters, key=lambda c: (sizes[c] < MIN_CLUSTER_SIZE, covered[c], -sizes[c], c))
+        members = [
+            i
+            for i in np.flatnonzero((assignment == cluster) & is_candidate)
+            if i not in chosen and (cap is None or per_image.get(images[i], 0) < cap)
+        ]
+        if not members:
+            open_clusters.discard(cluster)
+            continue
+        pick = max(members, key=lambda i: (typical[i], -i))
+        chosen.append(int(pick))
+        covered[cluster] += 1
+        per_image[images[pick]] = per_image.get(images[pick], 0) + 1
+    return [ids[i] for i in chosen]
 
 
 def _top_with_cap(candidates: pd.DataFrame, k: int, cap: int | None) -> list[str]:
@@ -139,7 +207,11 @@ def select_batch(
             # Order more tiles than the quota (some will not fit), then spend this domain's share.
             quota_budget = budget * quota / k
             quota = min(len(part), quota * settings.candidates_factor)
-        if settings.diversity == "kcenter" and embeddings is not None:
+        if settings.diversity == "typiclust":
+            if embeddings is None:
+                raise ConfigError("selection: typiclust needs the tiles' embeddings")
+            order = _typiclust(part, embeddings, quota, list(labelled), settings.per_image_cap)
+        elif settings.diversity == "kcenter" and embeddings is not None:
             candidates = part.head(quota * (settings.candidates_factor if budget is None else 1))
             anchors = embeddings.loc[[t for t in labelled if t in embeddings.index]].to_numpy(dtype=np.float64)
             order = _kcenter(candidates, embeddings, quota, anchors, settings.per_image_cap)

@@ -140,6 +140,24 @@ def test_a_project_round(ray_local, tiled, synth_dir, tmp_path):
     budgeted = select_round(project, budget_minutes=3)
     assert 1 <= len(budgeted) and budgeted.estimated_seconds.sum() <= 180
     assert budgeted.estimated_seconds.sum() + budgeted.estimated_seconds.min() > 180 or len(budgeted) == len(unlabelled)
+    # The labelled tiles' embeddings are kept too: k-center starts from them, typiclust counts them.
+    embeddings = pd.read_parquet(project.round_dir(0) / "embeddings.parquet")
+    assert set(embeddings.index) == set(unlabelled) | set(project.pool.ids(LABELLED))
+    # TypiClust: each candidate scored by its typicality, the batch chosen by clusters.
+    project.config = apply_overrides(config, {"al.acquisition": "typiclust"})
+    typical = score_round(project, ensemble)
+    assert set(typical.acquisition) == {"random", "typiclust"}
+    assert typical[typical.acquisition == "typiclust"].score.between(1 / 3, 1).all()
+    pd.testing.assert_series_equal(
+        typical.set_index(["acquisition", "tile_id"]).score.loc["random"], plain.loc["random"]
+    )
+    clustered = select_round(project)
+    assert (
+        len(clustered) == 4
+        and set(clustered.tile_id) <= set(unlabelled)
+        and set(clustered.acquisition) == {"typiclust"}
+    )
+    project.config = config
 
 
 def _first_weights(path):

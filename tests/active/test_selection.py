@@ -1,7 +1,8 @@
+import numpy as np
 import pandas as pd
 import pytest
 
-from microal.active.selection import SelectionSettings, select_batch
+from microal.active.selection import SelectionSettings, select_batch, typicality
 from microal.errors import ConfigError
 
 
@@ -79,3 +80,45 @@ def test_a_budget_in_expert_time_takes_the_best_tiles_that_fit():
         select_batch(_scores(), settings)
     with pytest.raises(ConfigError, match="budget must be positive"):
         SelectionSettings(k=3, budget_seconds=0)
+
+
+def _blobs():
+    """Two groups of tiles on the unit sphere (8 around x, 6 around y), each with one tile at its
+    centre, and 2 outliers around z; a tile's image is its group."""
+    rows, points = [], {}
+    for group, axis, size in (("g", 0, 8), ("h", 1, 6), ("o", 2, 2)):
+        for i in range(size):
+            angle = 2 * np.pi * i / max(size - 1, 1)
+            radius = 0.0 if i == 0 else (0.05 if group != "o" else 0.6)
+            point = np.zeros(3)
+            point[axis] = 1.0
+            point[(axis + 1) % 3] = radius * np.cos(angle)
+            point[(axis + 2) % 3] = radius * np.sin(angle)
+            points[f"{group}{i}"] = point
+            rows.append({"tile_id": f"{group}{i}", "image_id": group, "domain": "A", "score": 0.0})
+    return pd.DataFrame(rows), pd.DataFrame(points).T
+
+
+def test_typicality_is_highest_where_the_pool_is_dense():
+    _, embeddings = _blobs()
+    blob = embeddings[embeddings.index.str.startswith("g")]
+    within = pd.Series(typicality(blob.to_numpy()), index=blob.index)
+    assert within.idxmax() == "g0"  # a blob's centre over its rim
+    typical = pd.Series(typicality(embeddings.to_numpy(), neighbours=3), index=embeddings.index)
+    assert typical[["o0", "o1"]].max() < typical.drop(["o0", "o1"]).min()  # outliers least
+    assert typical.between(1 / 3, 1).all() and within.between(1 / 3, 1).all()
+
+
+def test_typiclust_takes_the_typical_tile_of_each_uncovered_cluster():
+    scores, embeddings = _blobs()
+    settings = SelectionSettings(k=2, diversity="typiclust")
+    # Nothing labelled: the centres of the two real clusters, the larger first; outliers last.
+    assert select_batch(scores, settings, embeddings=embeddings) == ["g0", "h0"]
+    # g is covered by a label: h's centre first, then g's most typical other tile, not an outlier.
+    chosen = select_batch(scores, settings, exclude={"g0"}, embeddings=embeddings, labelled=["g0"])
+    assert chosen[0] == "h0" and chosen[1].startswith("g")
+    # At most one tile per micrograph: the third tile comes from the outliers' image.
+    capped = select_batch(scores, SelectionSettings(k=3, diversity="typiclust", per_image_cap=1), embeddings=embeddings)
+    assert [t[0] for t in capped] == ["g", "h", "o"]
+    with pytest.raises(ConfigError, match="typiclust needs the tiles' embeddings"):
+        select_batch(scores, settings)
