@@ -27,3 +27,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+# Columns that hold names, never numbers: read as text, or a model version "9136e8843964"
+# becomes the float inf and an image id "0012" the integer 12.
+ID_COLUMNS = ("model_version", "tile_id", "image_id", "image_name", "sample", "domain")
+
+
+def read_table(path: str | Path):
+    """A CSV table microal wrote, its id columns as text."""
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={column: str for column in ID_COLUMNS})

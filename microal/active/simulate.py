@@ -41,7 +41,7 @@ from microal.config import ProjectConfig, apply_overrides
 from microal.data.splits import TEST, TRAIN
 from microal.data.tiles import TileSet, load_tiles
 from microal.errors import ConfigError
-from microal.files import atomic_path
+from microal.files import atomic_path, read_table
 from microal.models.metrics import PixelCounts
 from microal.plots import learning_curves_al
 
@@ -83,7 +83,7 @@ def pool_and_test_tiles(tileset: TileSet, config: ProjectConfig) -> tuple[pd.Dat
 
 def _append_curve(folders: SimulationFolders, row: dict) -> pd.DataFrame:
     path = folders.curve
-    curve = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    curve = read_table(path) if path.exists() else pd.DataFrame()
     curve = pd.concat([curve, pd.DataFrame([row])], ignore_index=True)
     with atomic_path(path) as tmp:
         curve.to_csv(tmp, index=False)
@@ -94,7 +94,7 @@ def _done(folders: SimulationFolders, strategy: str, seed: int) -> set[int]:
     path = folders.curve
     if not path.exists():
         return set()
-    curve = pd.read_csv(path)
+    curve = read_table(path)
     return set(curve[(curve.strategy == strategy) & (curve.seed == seed)]["round"].astype(int))
 
 
@@ -317,7 +317,7 @@ def simulate(
         for strategy in sim.strategies:
             run_strategy(config, tiles_root, pool_tiles, folders, strategy, seed, sim, address, reference)
             reference = reference or folders.run(strategy, seed)
-    curve = pd.read_csv(folders.curve)
+    curve = read_table(folders.curve)
     references = full_pool_references(
         config, tiles_root, pool_tiles, test_tiles, folders, address, sim.reference_epochs(config), sim.seeds
     )

@@ -124,17 +124,16 @@ def _label_studio(args, project, xml: str | None = None):
 
 
 def cmd_push(args) -> None:
-    import pandas as pd
-
     from microal.active.ensemble import Ensemble
     from microal.active.folders import SELECTION_FILE
+    from microal.files import read_table
     from microal.labelstudio.loop import push
 
     project = _project(args)
     folder = project.round_dir(project.current_round)
     if not (folder / SELECTION_FILE).exists():
         raise MicroalError(f"no selection in {folder}; run `microal al select` first")
-    report = push(project, _label_studio(args, project), pd.read_csv(folder / SELECTION_FILE), Ensemble.load(folder))
+    report = push(project, _label_studio(args, project), read_table(folder / SELECTION_FILE), Ensemble.load(folder))
     print(f"queued {len(report.created)} tiles ({len(report.already_there)} were in Label Studio already)")
 
 

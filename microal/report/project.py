@@ -18,6 +18,7 @@ from microal.active.folders import (
     SimulationFolders,
 )
 from microal.errors import InputError
+from microal.files import read_table
 from microal.plots import plt
 from microal.report.html import Page
 
@@ -43,7 +44,7 @@ def project_rounds(folders: ProjectFolders) -> pd.DataFrame:
             row["heldout_miou"] = float(report.miou.iloc[0])
             row["mean_member_miou"] = float(report.miou.iloc[1:].mean()) if len(report) > 1 else row["heldout_miou"]
         if (folder / SELECTION_FILE).exists():
-            row["selected"] = len(pd.read_csv(folder / SELECTION_FILE))
+            row["selected"] = len(read_table(folder / SELECTION_FILE))
         if (folder / TIMINGS_FILE).exists():
             row["round_seconds"] = sum(
                 v for k, v in json.loads((folder / TIMINGS_FILE).read_text()).items() if k in ROUND_STEPS
@@ -137,7 +138,7 @@ def _simulation_sections(page: Page, folders: SimulationFolders) -> None:
             page.figure(plot, f"Held-out mIoU {caption}, mean over seeds")
     if folders.summary.exists():
         page.table(pd.read_csv(folders.summary), "Per strategy: AULC, its gap to random with a 90% interval", digits=4)
-    curve = pd.read_csv(folders.curve)
+    curve = read_table(folders.curve)
     page.table(
         curve.pivot_table(index=["round"], columns=["strategy", "seed"], values="miou").reset_index(),
         "Held-out mIoU per round, strategy and seed",
