@@ -7,8 +7,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import pandas as pd
-
 from microal import console
 from microal.active.ensemble import Ensemble
 from microal.active.labellers import OracleLabeller
@@ -18,6 +16,7 @@ from microal.config import apply_overrides, load_config
 from microal.data.catalog import ingest
 from microal.data.synth import generate
 from microal.data.tiles import build_tiles, load_tiles
+from microal.files import read_table
 from microal.inference.evaluate import evaluate_predictions, format_table
 from microal.inference.predict import predict_catalog
 from microal.plots import batch_for_expert
@@ -75,7 +74,7 @@ def next_batch(config, ws: Workspace, summary, seed: int) -> Path:
     """One round of the experts' loop with the oracle as labeller: the trained model scores the
     tiles of the images it never trained on, selects a batch, and the figure shows what an
     expert would be handed: each tile with its pre-annotation and uncertainty map."""
-    splits = pd.read_csv(summary.run_dir / "splits.csv")
+    splits = read_table(summary.run_dir / "splits.csv")
     unseen = set(splits.image_id[splits.split == "test"])
     tileset = load_tiles(ws.tiles)
     tiles = tileset.tiles

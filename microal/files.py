@@ -31,7 +31,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 # Columns that hold names, never numbers: read as text, or a model version "9136e8843964"
 # becomes the float inf and an image id "0012" the integer 12.
-ID_COLUMNS = ("model_version", "tile_id", "image_id", "image_name", "sample", "domain")
+ID_COLUMNS = ("model_version", "tile_id", "image_id", "image_name", "sample", "domain", "trial_id")
 
 
 def read_table(path: str | Path):

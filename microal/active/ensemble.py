@@ -17,7 +17,7 @@ from microal.active.scoring import ScorerFactory, model_version
 from microal.backend import ray as ray_backend
 from microal.config import ProjectConfig, apply_overrides
 from microal.errors import MicroalError
-from microal.files import write_text_atomic
+from microal.files import read_table, write_text_atomic
 from microal.inference.predict import MEMBERS_FILE
 from microal.models.metrics import PixelCounts
 from microal.models.model_file import MODEL_FILE, read_metrics
@@ -175,7 +175,7 @@ def ensemble_from_search(
     results = search_dir / RESULTS_FILE
     if not results.exists():
         raise MicroalError(f"{results}: no results of search {search!r}")
-    ranked = pd.read_csv(results).dropna(subset=[f"best_{metric}"]).head(top)
+    ranked = read_table(results).dropna(subset=[f"best_{metric}"]).head(top)
     if ranked.empty:
         raise MicroalError(f"search {search!r} has no finished trial to take members from")
     members = []

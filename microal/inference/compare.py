@@ -9,7 +9,7 @@ import pandas as pd
 
 from microal.config import ProjectConfig
 from microal.data.imageio import read_catalog_image, read_catalog_mask, read_raw
-from microal.files import atomic_path
+from microal.files import atomic_path, read_table
 from microal.inference.evaluate import evaluate_predictions
 from microal.inference.predict import predict_catalog
 from microal.plots import side_by_side
@@ -36,7 +36,7 @@ def compare_runs(
             pred_dir, catalog, config, ws.evaluation(run), source_domain=source_domain, overlays=False, progress=False
         )
         tables.append(result.per_domain.assign(run=run))
-        predictions[run] = pd.read_csv(pred_dir / "predictions.csv").set_index("image_id").mask_file
+        predictions[run] = read_table(pred_dir / "predictions.csv").set_index("image_id").mask_file
     table = pd.concat(tables, ignore_index=True)
     table = table[["run"] + [c for c in table.columns if c != "run"]]
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from microal.config import ProjectConfig
 from microal.data.imageio import read_catalog_image, read_catalog_mask, read_raw
 from microal.errors import InputError, MicroalError
-from microal.files import atomic_path
+from microal.files import atomic_path, read_table
 from microal.inference.predict import PREDICTION_INFO, PREDICTIONS_TABLE, run_splits
 from microal.models.metrics import PixelCounts, phase_fractions, relative_domain_transferability
 from microal.plots import overlay
@@ -43,7 +43,7 @@ def evaluate_predictions(
     table_path = predictions_dir / PREDICTIONS_TABLE
     if not table_path.exists():
         raise InputError(table_path, "no predictions table; run `microal predict` first")
-    predictions = pd.read_csv(table_path)
+    predictions = read_table(table_path)
     merged = predictions[["image_id", "mask_file"]].merge(catalog, on="image_id", how="inner")
     merged["split"] = _splits_of(predictions_dir, merged.image_id)
     merged = merged[merged.labelled.astype(bool)]

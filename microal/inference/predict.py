@@ -20,7 +20,7 @@ from microal.data.imageio import read_catalog_image
 from microal.data.preprocess import image_stats, prepare_intensities
 from microal.data.tiling import TileGrid, resample_image, resample_probabilities, scale_factor
 from microal.errors import InputError, MicroalError
-from microal.files import atomic_path, write_text_atomic
+from microal.files import atomic_path, read_table, write_text_atomic
 from microal.models.domain_bn import domain_statistics
 from microal.models.metrics import phase_fractions
 from microal.models.model_file import MODEL_FILE, LoadedModel, load_model
@@ -246,7 +246,7 @@ def splits_file(model_file: str | Path) -> Path:
 def run_splits(model_file: str | Path) -> pd.Series | None:
     """Each image's split (train, val, test) in the model's run, by image id; None when unknown."""
     path = splits_file(model_file)
-    return pd.read_csv(path).set_index("image_id")["split"] if path.exists() else None
+    return read_table(path).set_index("image_id")["split"] if path.exists() else None
 
 
 def select_images(

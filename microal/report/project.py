@@ -40,7 +40,7 @@ def project_rounds(folders: ProjectFolders) -> pd.DataFrame:
             "expert_minutes": float(seconds.reindex(labelled).fillna(0).sum()) / 60,
         }
         if (folder / REPORT_FILE).exists():
-            report = pd.read_csv(folder / REPORT_FILE)
+            report = read_table(folder / REPORT_FILE)
             row["heldout_miou"] = float(report.miou.iloc[0])
             row["mean_member_miou"] = float(report.miou.iloc[1:].mean()) if len(report) > 1 else row["heldout_miou"]
         if (folder / SELECTION_FILE).exists():

@@ -16,6 +16,7 @@ import pandas as pd
 from microal.config import ProjectConfig
 from microal.data.catalog import read_catalog
 from microal.data.imageio import read_catalog_image, read_raw
+from microal.files import read_table
 from microal.inference.predict import PREDICTION_INFO, PREDICTIONS_TABLE
 from microal.models.model_file import MODEL_FILE, load_model
 from microal.plots import colorize, plt
@@ -111,7 +112,7 @@ def run_report(ws: Workspace, name: str, out: str | Path | None = None) -> Path:
     else:
         page.missing(f"No learning curve in {run_dir}: train with `microal train --name {name}`.")
     if (run_dir / "splits.csv").exists():
-        splits = pd.read_csv(run_dir / "splits.csv")
+        splits = read_table(run_dir / "splits.csv")
         counts = (
             splits.groupby(["domain", "split"]).size().rename("images").reset_index() if "domain" in splits else None
         )
@@ -122,17 +123,17 @@ def run_report(ws: Workspace, name: str, out: str | Path | None = None) -> Path:
     per_domain_file, per_image_file = evaluation_dir / "per_domain.csv", evaluation_dir / "per_image.csv"
     per_image = None
     if per_domain_file.exists():
-        per_domain = pd.read_csv(per_domain_file)
+        per_domain = read_table(per_domain_file)
         page.figure(_iou_figure(per_domain, names), "IoU per class by domain and split")
         page.table(per_domain, "mIoU, IoU per class, mean absolute phase-fraction error, RDT (relative to the source)")
-        per_image = pd.read_csv(per_image_file)
+        per_image = read_table(per_image_file)
     else:
         page.missing(f"Not evaluated: run `microal evaluate --name {name}` (needs expert masks).")
 
     page.heading("Phase fractions")
     predictions = None
     if (predictions_dir / PREDICTIONS_TABLE).exists():
-        predictions = pd.read_csv(predictions_dir / PREDICTIONS_TABLE)
+        predictions = read_table(predictions_dir / PREDICTIONS_TABLE)
         if f"fraction_{names[0]}_low" in predictions:
             page.figure(
                 _fractions_figure(predictions, per_image, names),

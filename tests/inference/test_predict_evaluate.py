@@ -116,6 +116,16 @@ def test_evaluation_scores_a_perfect_and_a_wrong_prediction(tiled, tmp_path):
     assert (tmp_path / "eval" / "per_domain.csv").exists()
 
 
+def test_an_image_id_of_digits_and_one_e_is_evaluated_as_text(tiled, model_file, tmp_path):
+    """Content ids are hex: one of digits and a single "e" reads back from a CSV as a float (here
+    inf), so predictions of that image alone could not be matched with the catalog's text ids."""
+    _, catalog, config = tiled
+    one = catalog[catalog.labelled.astype(bool)].head(1).assign(image_id="9136e8843964")
+    predict_catalog(model_file, one, tmp_path / "pred", progress=False)
+    result = evaluate_predictions(tmp_path / "pred", one, config, tmp_path / "eval", overlays=False, progress=False)
+    assert result.per_image.image_id.tolist() == ["9136e8843964"]
+
+
 def test_an_ensemble_predicts_the_mean_with_uncertainty_maps_and_fraction_intervals(tiled, model_file, tmp_path):
     ws, catalog, config = tiled
     torch.manual_seed(1)
