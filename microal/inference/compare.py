@@ -11,7 +11,7 @@ from microal.config import ProjectConfig
 from microal.data.imageio import read_catalog_image, read_catalog_mask, read_raw
 from microal.files import atomic_path, read_table
 from microal.inference.evaluate import evaluate_predictions
-from microal.inference.predict import predict_catalog
+from microal.inference.predict import PREDICTIONS_TABLE, predict_catalog
 from microal.plots import side_by_side
 from microal.workspace import Workspace
 
@@ -30,13 +30,13 @@ def compare_runs(
     tables, predictions = [], {}
     for run in runs:
         pred_dir = ws.predictions(run)
-        if not (pred_dir / "predictions.csv").exists():
+        if not (pred_dir / PREDICTIONS_TABLE).exists():
             predict_catalog(ws.run(run) / "best_model.pt", catalog, pred_dir, progress=False)
         result = evaluate_predictions(
             pred_dir, catalog, config, ws.evaluation(run), source_domain=source_domain, overlays=False, progress=False
         )
         tables.append(result.per_domain.assign(run=run))
-        predictions[run] = read_table(pred_dir / "predictions.csv").set_index("image_id").mask_file
+        predictions[run] = read_table(pred_dir / PREDICTIONS_TABLE).set_index("image_id").mask_file
     table = pd.concat(tables, ignore_index=True)
     table = table[["run"] + [c for c in table.columns if c != "run"]]
     out.mkdir(parents=True, exist_ok=True)
